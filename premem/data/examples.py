@@ -1,0 +1,285 @@
+"""Turning the rows of a dataset into canonical examples.
+
+Every later stage (training, sampling, scoring, curation) sees only `Example`s: an integer
+id, the question, the solution the model is finetuned on, the gold final answer, and for
+preference data the rejected response. `load_examples(DataConfig)` reads a file (see io.py),
+works out its row format, maps columns to those fields and checks every row, so that a bad
+row fails here, naming file, row and field, instead of as a wrong score hours later.
+
+Formats and their default columns (any of them can be renamed with `fields`):
+
+    gsm8k              question, answer ("reasoning ... #### 42"; the number after #### is the answer)
+    math               problem, solution, optional answer (else the last \\boxed{} of the solution)
+    prompt_completion  prompt, completion (TRL), optional answer
+    messages           messages (a chat; see _question_text for which turns are used), optional answer
+    preference         prompt, chosen, rejected (TRL), optional answer
+
+Text columns may be strings or TRL conversational lists of {role, content} messages.
+For the last three formats a missing answer column means the answer is extracted from the
+solution by the grader. `format: auto` picks the first format in AUTO_ORDER whose columns
+are all present (after `fields` renames).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from premem.data.io import Table, read_table
+from premem.errors import InputError
+
+
+@dataclass(frozen=True)
+class Example:
+    example_id: int
+    """Stable id: the id column if the config names one, else the row's 0-based position in the file."""
+    question: str
+    """The query."""
+    solution: str
+    """The reasoning trace the model is finetuned on (the target, before templating)."""
+    answer: str
+    """The gold final answer."""
+    rejected: str | None = None
+    """Preference data only: the rejected response."""
+
+
+@dataclass
+class DataConfig:
+    """How the rows of one dataset become canonical examples."""
+
+    path: str = ""
+    """File (JSONL, Parquet, CSV) or Hugging Face dataset directory."""
+    format: str = "auto"
+    """Row shape: auto, gsm8k (question/answer with '#### n'), math (problem/solution, optional answer), prompt_completion (TRL), messages (chat), preference (prompt/chosen/rejected)."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """Canonical field -> column name overrides, e.g. {question: query, solution: response, answer: final, id: idx}."""
+    grader: str = "auto"
+    """Answer checker: gsm8k or math; auto picks from the format (math -> math, else gsm8k)."""
+    split: str | None = None
+    """Split to read from a DatasetDict directory."""
+    limit: int | None = None
+    """Keep only the first N examples (for quick runs)."""
+
+
+CANONICAL_FIELDS = ("id", "question", "solution", "answer", "rejected")
+
+# Default column of each canonical field, per format. "answer" is optional wherever it is a
+# default (used when present); "id" is never a default: ids are positions unless named.
+FORMAT_COLUMNS: dict[str, dict[str, str]] = {
+    "gsm8k": {"question": "question", "solution": "answer"},
+    "math": {"question": "problem", "solution": "solution", "answer": "answer"},
+    "prompt_completion": {"question": "prompt", "solution": "completion", "answer": "answer"},
+    "messages": {"question": "messages", "solution": "messages", "answer": "answer"},
+    "preference": {"question": "prompt", "solution": "chosen", "rejected": "rejected", "answer": "answer"},
+}
+FORMATS = tuple(FORMAT_COLUMNS)
+
+# Most specific first: preference data also has a prompt (so it must beat prompt_completion),
+# and messages comes last because a lone chat column is the weakest signal (datasets that
+# carry a chat copy next to question/answer columns are read by those columns).
+AUTO_ORDER = ("preference", "prompt_completion", "math", "gsm8k", "messages")
+
+# In these formats the solution is free-form model text, so the answer may be found by the
+# grader's lenient extraction; gsm8k and math solutions must carry the answer in canonical form.
+_FREE_FORM = {"prompt_completion", "messages", "preference"}
+
+_ANSWER_MARK = {"gsm8k": "'####'", "math": "\\boxed{}"}
+
+
+def detect_format(columns: list[str], fields: dict[str, str] | None = None) -> str | None:
+    """The first format in AUTO_ORDER whose required columns (after renames) are all present."""
+    for fmt in AUTO_ORDER:
+        mapping = {**FORMAT_COLUMNS[fmt], **(fields or {})}
+        if all(mapping[name] in columns for name in _required(fmt)):
+            return fmt
+    return None
+
+
+def load_examples(cfg: DataConfig) -> list[Example]:
+    """Read cfg.path and return its canonical examples, checking every row."""
+    _check_config(cfg)
+    table = read_table(cfg.path, cfg.split)
+    fmt = cfg.format
+    if fmt == "auto":
+        fmt = detect_format(table.columns, cfg.fields)
+        if fmt is None:
+            expected = "; ".join(f"{f} ({', '.join(sorted(set(FORMAT_COLUMNS[f][n] for n in _required(f))))})" for f in AUTO_ORDER)
+            raise InputError(
+                f"{table.path}: cannot tell the data format from its columns ({', '.join(table.columns)}); "
+                f"expected one of: {expected}; set format and fields to say how to read it"
+            )
+    columns = _resolve_columns(fmt, cfg.fields, table)
+    grader_name = cfg.grader if cfg.grader != "auto" else ("math" if fmt == "math" else "gsm8k")
+    grader = _get_grader(grader_name)
+
+    rows = table.rows if cfg.limit is None else table.rows[: cfg.limit]
+    examples = [_to_example(row, i, fmt, columns, grader, grader_name, table) for i, row in enumerate(rows)]
+    _check_unique_ids(examples, table, columns.get("id"))
+    return examples
+
+
+def dataset_fingerprint(examples: list[Example]) -> str:
+    """sha256 of the canonical examples in id order: equal exactly when the data is equal."""
+    digest = hashlib.sha256()
+    for ex in sorted(examples, key=lambda e: e.example_id):
+        record = [ex.example_id, ex.question, ex.solution, ex.answer, ex.rejected]
+        digest.update(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+# --- config and columns -------------------------------------------------------------------
+
+
+def _required(fmt: str) -> tuple[str, ...]:
+    return ("question", "solution", "rejected") if fmt == "preference" else ("question", "solution")
+
+
+def _check_config(cfg: DataConfig) -> None:
+    if not cfg.path:
+        raise InputError("data: no path given (set data.path to a file or dataset directory)")
+    if cfg.format != "auto" and cfg.format not in FORMAT_COLUMNS:
+        raise InputError(f"data.format: unknown format {cfg.format!r}; known: auto, {', '.join(FORMATS)}")
+    if not isinstance(cfg.fields, dict):
+        raise InputError(f"data.fields: expected a mapping of field to column, got {cfg.fields!r}")
+    for key, column in cfg.fields.items():
+        if key not in CANONICAL_FIELDS:
+            raise InputError(f"data.fields: unknown field {key!r}; known: {', '.join(CANONICAL_FIELDS)}")
+        if not isinstance(column, str) or not column:
+            raise InputError(f"data.fields.{key}: expected a column name, got {column!r}")
+    if cfg.limit is not None and (isinstance(cfg.limit, bool) or not isinstance(cfg.limit, int) or cfg.limit < 1):
+        raise InputError(f"data.limit: expected a positive integer, got {cfg.limit!r}")
+
+
+def _resolve_columns(fmt: str, fields: dict[str, str], table: Table) -> dict[str, str]:
+    """Canonical field -> column for this table; errors name the missing column and those present."""
+    present = ", ".join(table.columns)
+    for key, column in fields.items():
+        if column not in table.columns:
+            raise InputError(f"{table.path}: fields.{key} names column {column!r}, which is not in the data (columns: {present})")
+    columns = {**FORMAT_COLUMNS[fmt], **fields}
+    for key in _required(fmt):
+        if columns[key] not in table.columns:
+            raise InputError(
+                f"{table.path}: format {fmt} needs column {columns[key]!r} for the {key} (columns: {present}); "
+                f"rename with fields.{key}=<column>"
+            )
+    if "answer" in columns and columns["answer"] not in table.columns:
+        del columns["answer"]  # an optional default column that this dataset does not have
+    return columns
+
+
+def _get_grader(name: str) -> Any:
+    from premem.data.grading import get_grader
+
+    try:
+        return get_grader(name)
+    except InputError:
+        raise
+    except (KeyError, ValueError) as e:
+        raise InputError(f"data.grader: unknown grader {name!r} ({e})") from None
+
+
+# --- one row ------------------------------------------------------------------------------
+
+
+def _to_example(row: dict, i: int, fmt: str, columns: dict[str, str], grader: Any, grader_name: str, table: Table) -> Example:
+    where = table.where(i)
+    example_id = _int_id(row.get(columns["id"]), where, columns["id"]) if "id" in columns else i
+    same_column = columns["question"] == columns["solution"]
+    question = _question_text(_text_value(row, columns["question"], where), same_column, columns["question"], where)
+    solution = _response_text(_text_value(row, columns["solution"], where), columns["solution"], where)
+    rejected = None
+    if "rejected" in columns:
+        rejected = _response_text(_text_value(row, columns["rejected"], where), columns["rejected"], where)
+    answer = _answer(row, fmt, columns, solution, grader, grader_name, where)
+    return Example(example_id, question, solution, answer, rejected)
+
+
+def _answer(row: dict, fmt: str, columns: dict[str, str], solution: str, grader: Any, grader_name: str, where: str) -> str:
+    """The answer column's value when non-empty, else the answer found in the solution."""
+    if "answer" in columns:
+        value = row.get(columns["answer"])
+        if value is not None and str(value).strip():
+            return str(value).strip()
+    answer = grader.gold_from_solution(solution)
+    if not answer and fmt in _FREE_FORM:
+        answer = grader.extract_flexible(solution)
+    if answer:
+        return answer
+    column_note = f"field '{columns['answer']}' empty and " if "answer" in columns else ""
+    if fmt in _FREE_FORM:
+        raise InputError(f"{where}: no final answer ({column_note}the {grader_name} grader found none in field '{columns['solution']}')")
+    mark = _ANSWER_MARK.get(grader_name, "final answer")
+    raise InputError(f"{where}: no final answer ({column_note}no {mark} in field '{columns['solution']}')")
+
+
+def _text_value(row: dict, column: str, where: str) -> str | list:
+    value = row.get(column)
+    if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value):
+        raise InputError(f"{where}: field '{column}' is missing or empty")
+    if not isinstance(value, (str, list)):
+        raise InputError(f"{where}: field '{column}' is {type(value).__name__}, expected text or a list of chat messages")
+    return value
+
+
+def _question_text(value: str | list, same_column_as_solution: bool, column: str, where: str) -> str:
+    """The user turn of a conversation (or the string itself).
+
+    A chat that also holds the solution (the messages format) gives the last user turn
+    before its last assistant turn; a prompt gives its last user turn. Earlier turns and
+    system messages are dropped: examples are single-turn, which loses the context of a
+    genuinely multi-turn chat.
+    """
+    if isinstance(value, str):
+        return value
+    messages = _messages(value, column, where)
+    if same_column_as_solution:
+        last_assistant = max((k for k, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+        messages = messages[:last_assistant]
+    return _last_turn(messages, "user", column, where)
+
+
+def _response_text(value: str | list, column: str, where: str) -> str:
+    """The last assistant turn of a conversation (or the string itself)."""
+    if isinstance(value, str):
+        return value
+    return _last_turn(_messages(value, column, where), "assistant", column, where)
+
+
+def _messages(value: list, column: str, where: str) -> list[dict]:
+    for m in value:
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise InputError(f"{where}: field '{column}' is a list but not of chat messages ({{role, content}} with text content)")
+    return value
+
+
+def _last_turn(messages: list[dict], role: str, column: str, where: str) -> str:
+    for m in reversed(messages):
+        if m["role"] == role:
+            if not m["content"].strip():
+                raise InputError(f"{where}: field '{column}' has an empty {role} message")
+            return m["content"]
+    raise InputError(f"{where}: field '{column}' has no {role} message")
+
+
+def _int_id(value: Any, where: str, column: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    raise InputError(f"{where}: id {value!r} in field '{column}' is not an integer")
+
+
+def _check_unique_ids(examples: list[Example], table: Table, id_column: str | None) -> None:
+    first_row: dict[int, int] = {}
+    for i, ex in enumerate(examples):
+        if ex.example_id in first_row:
+            j = first_row[ex.example_id]
+            lines = f" (lines {table.line_numbers[j]} and {table.line_numbers[i]})" if table.line_numbers else ""
+            raise InputError(f"{table.path} rows {j} and {i}{lines}: duplicate id {ex.example_id} in field '{id_column}'")
+        first_row[ex.example_id] = i

@@ -1,0 +1,100 @@
+"""Prompt templates: how an Example becomes the text a model is trained on and sampled from.
+
+A template renders an example into a prompt (what the model is conditioned on, and what
+sampling starts from) and a target (what finetuning teaches and what perplexity is measured
+on, the gold solution plus whatever marks its end). `stop` lists the strings that end
+generation; the training target ends with one of them, so that a trained model stops there.
+
+Two templates, chosen by name with `get_template`:
+- "paper": the pre-memorization paper's base-model template (DESIGN.md §1).
+- "chat":  the tokenizer's own chat template, for instruction-tuned models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from premem.data.examples import Example
+from premem.errors import InputError
+
+
+@dataclass(frozen=True)
+class RenderedExample:
+    prompt: str
+    """Text the model is conditioned on; already holds any special tokens the template adds."""
+    target: str
+    """The templated solution: the text after the prompt that training teaches."""
+    rejected: str | None = None
+    """The templated rejected response (preference data only), ended like the target."""
+
+
+class Template(Protocol):
+    stop: list[str]
+    """Strings that end generation (empty when the eos token does)."""
+
+    def render(self, example: Example) -> RenderedExample: ...
+
+
+@dataclass
+class PaperTemplate:
+    """question + "\\nAnswer:" -> " " + solution + "\\nDone."; generation stops at "\\nDone."."""
+
+    stop: list[str] = field(default_factory=lambda: ["\nDone."])
+
+    def render(self, example: Example) -> RenderedExample:
+        return RenderedExample(
+            prompt=example.question + "\nAnswer:",
+            target=self._end(example.solution),
+            rejected=None if example.rejected is None else self._end(example.rejected),
+        )
+
+    @staticmethod
+    def _end(response: str) -> str:
+        return " " + response + "\nDone."
+
+
+class ChatTemplate:
+    """The tokenizer's chat template: the question as one user turn, the solution as the reply.
+
+    The target is the solution followed by the tokenizer's eos token: for a chat model that
+    is the end-of-turn token it emits when its reply is done (e.g. <|im_end|>, <|eot_id|>),
+    so training on it teaches the model to stop, and sampling stops on eos with no stop
+    strings. The prompt text already contains the template's special tokens (BOS included
+    where the template writes one): tokenize it with add_special_tokens=False.
+    """
+
+    def __init__(self, tokenizer: Any):
+        if tokenizer is None:
+            raise InputError("template 'chat' needs a tokenizer (the model's, with a chat template)")
+        if not getattr(tokenizer, "chat_template", None):
+            raise InputError(f"template 'chat': tokenizer {type(tokenizer).__name__} has no chat template; use template 'paper'")
+        if not getattr(tokenizer, "eos_token", None):
+            raise InputError(f"template 'chat': tokenizer {type(tokenizer).__name__} has no eos token to end the target with")
+        self.tokenizer = tokenizer
+        self.stop: list[str] = []
+
+    def render(self, example: Example) -> RenderedExample:
+        prompt = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": example.question}], tokenize=False, add_generation_prompt=True
+        )
+        eos = self.tokenizer.eos_token
+        return RenderedExample(
+            prompt=prompt,
+            target=example.solution + eos,
+            rejected=None if example.rejected is None else example.rejected + eos,
+        )
+
+
+# Registry: name -> constructor taking the tokenizer (which "paper" does not need).
+TEMPLATES: dict[str, Callable[[Any], Template]] = {
+    "paper": lambda tokenizer: PaperTemplate(),
+    "chat": ChatTemplate,
+}
+
+
+def get_template(name: str, tokenizer: Any = None) -> Template:
+    """The template called `name` ("paper" or "chat"; "chat" needs the model's tokenizer)."""
+    if name not in TEMPLATES:
+        raise InputError(f"template: unknown template {name!r}; known: {', '.join(TEMPLATES)}")
+    return TEMPLATES[name](tokenizer)

@@ -1,0 +1,28 @@
+"""Writing files so that nothing is ever half-written.
+
+`atomic_path(dest)` yields a temporary path beside `dest`; when the block finishes, the
+temporary file is renamed over `dest` (atomic on POSIX), and if the block raises it is
+deleted. A reader sees the old file or the new one, never a torn one, and a killed job
+leaves at most a stray `.tmp` file, never a truncated result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | Path) -> Iterator[Path]:
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,188 @@
+"""Predict a run's test accuracy from its training-time metrics alone.
+
+Each (run, checkpoint) is one point: x = a run-level training feature at that checkpoint
+(pre-memorization accuracy, or a baseline), y = test accuracy at the same checkpoint.
+We fit y ~ a*x + b over all points and report
+
+    r2       in-sample R²
+    r2_loro  leave-one-run-out R²: each run's checkpoints predicted by a fit on the other
+             runs only, R² over all those held-out predictions pooled
+    mae      mean absolute error of the in-sample fit (mae_loro: of the held-out predictions)
+
+Leave-one-run-out is the honest number: a new run is what a user wants predicted, and a
+run's checkpoints are correlated, so holding out single points would flatter the fit.
+
+tau = "auto" chooses the memorization threshold without looking at the held-out run's test
+scores: for each held-out run, tau is picked on the other runs alone (by their own
+leave-one-run-out R² over a grid), then that run is predicted with it. The tau reported is
+the one the same rule picks on all runs, used for the final fit and for unscored runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import mean_absolute_error, r2_score
+
+from premem.errors import InputError
+from premem.metrics.premem import FEATURES, TrainingCurves
+
+log = logging.getLogger(__name__)
+
+TAU_GRID = tuple(np.round(np.arange(-4.0, -0.45, 0.1), 2))  # log(log(ppl)) from ppl 1.018 to 1.82
+
+
+@dataclass
+class FitScores:
+    r2: float
+    r2_loro: float
+    mae: float
+    mae_loro: float
+    slope: float
+    intercept: float
+
+
+@dataclass
+class Prediction:
+    """What `premem predict` reports; `to_dict()` is its --json output."""
+
+    tau: float
+    tau_mode: str  # "fixed" or "auto"
+    n_points: int  # checkpoints with test scores, the points of the fit
+    n_runs: int
+    r2: float
+    r2_loro: float
+    mae: float
+    mae_loro: float
+    slope: float
+    intercept: float
+    baselines: dict[str, FitScores]
+    points: pd.DataFrame  # run, step, features, test_acc, predicted, predicted_loro
+    tau_per_run: dict[str, float] = field(default_factory=dict)  # auto only: tau used for each held-out run
+
+    def to_dict(self) -> dict:
+        pts = self.points.astype(object).where(self.points.notna(), None)
+        return {
+            "tau": self.tau,
+            "tau_mode": self.tau_mode,
+            "n_points": self.n_points,
+            "n_runs": self.n_runs,
+            "r2": self.r2,
+            "r2_loro": self.r2_loro,
+            "mae": self.mae,
+            "mae_loro": self.mae_loro,
+            "slope": self.slope,
+            "intercept": self.intercept,
+            "baselines": {k: asdict(v) for k, v in self.baselines.items()},
+            "tau_per_run": self.tau_per_run,
+            "points": pts.to_dict(orient="records"),
+        }
+
+
+class Line:
+    """Least-squares line y = slope*x + intercept. Closed form: tau=auto fits thousands of these."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        dx = x - x.mean()
+        var = float(dx @ dx)
+        self.slope = float(dx @ (y - y.mean())) / var if var > 0 else 0.0
+        self.intercept = float(y.mean() - self.slope * x.mean())
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.slope * np.asarray(x, dtype=float) + self.intercept
+
+
+def loro_predictions(x: np.ndarray, y: np.ndarray, runs: np.ndarray) -> np.ndarray:
+    """Predict each run's points from a linear fit on all other runs."""
+    out = np.empty_like(y, dtype=float)
+    for run in np.unique(runs):
+        held = runs == run
+        out[held] = Line(x[~held], y[~held]).predict(x[held])
+    return out
+
+
+def score_feature(x: np.ndarray, y: np.ndarray, runs: np.ndarray) -> tuple[FitScores, np.ndarray, np.ndarray]:
+    model = Line(x, y)
+    fitted = model.predict(x)
+    held_out = loro_predictions(x, y, runs)
+    scores = FitScores(
+        r2=float(r2_score(y, fitted)),
+        r2_loro=float(r2_score(y, held_out)),
+        mae=float(mean_absolute_error(y, fitted)),
+        mae_loro=float(mean_absolute_error(y, held_out)),
+        slope=model.slope,
+        intercept=model.intercept,
+    )
+    return scores, fitted, held_out
+
+
+def _loro_r2(x: np.ndarray, y: np.ndarray, runs: np.ndarray) -> float:
+    return float(r2_score(y, loro_predictions(x, y, runs)))
+
+
+def choose_tau(features: dict[float, np.ndarray], y: np.ndarray, runs: np.ndarray) -> float:
+    """The tau whose premem feature gives the best leave-one-run-out R² on these points.
+
+    Ties go to the tau nearest the paper's GSM8K value (-2.3), so flat regions are stable.
+    """
+    best = max(features, key=lambda tau: (round(_loro_r2(features[tau], y, runs), 12), -abs(tau + 2.3)))
+    return float(best)
+
+
+def predict(curves: TrainingCurves, tau: float | str = -2.3, grid: tuple[float, ...] = TAU_GRID) -> Prediction:
+    """Fit test accuracy on pre-memorization accuracy (and each baseline) over all scored checkpoints."""
+    auto = tau == "auto"
+    if not auto and not isinstance(tau, (int, float)):
+        raise InputError(f"tau: expected a number or 'auto', got {tau!r}")
+    taus = list(grid) if auto else [float(tau)]
+    points_by_tau = {t: curves.points(t) for t in taus}
+    any_points = points_by_tau[taus[0]]
+    scored = any_points["test_acc"].notna().to_numpy()
+    runs = any_points["run"].to_numpy()[scored]
+    n_runs = len(np.unique(runs))
+    if n_runs < 2:
+        raise InputError(f"predict needs test scores for at least 2 runs (the store has {n_runs})")
+    y = any_points["test_acc"].to_numpy(dtype=float)[scored]
+    premem_x = {t: p["premem"].to_numpy(dtype=float)[scored] for t, p in points_by_tau.items()}
+
+    tau_per_run: dict[str, float] = {}
+    if auto:
+        chosen = choose_tau(premem_x, y, runs)
+        # Nested leave-one-run-out: the held-out run's test scores never choose its tau.
+        nested = np.empty_like(y)
+        for run in np.unique(runs):
+            held = runs == run
+            t = choose_tau({k: v[~held] for k, v in premem_x.items()}, y[~held], runs[~held])
+            tau_per_run[str(run)] = t
+            nested[held] = Line(premem_x[t][~held], y[~held]).predict(premem_x[t][held])
+        log.info("tau=auto chose %.2f on all runs; per held-out run: %s", chosen, tau_per_run)
+    else:
+        chosen = float(tau)
+
+    points = points_by_tau[chosen].copy()
+    main, fitted, held_out = score_feature(premem_x[chosen], y, runs)
+    if auto:  # the honest held-out figures are the nested ones
+        held_out = nested
+        main.r2_loro = float(r2_score(y, nested))
+        main.mae_loro = float(mean_absolute_error(y, nested))
+    baselines = {}
+    for name in FEATURES:
+        if name != "premem":
+            baselines[name], _, _ = score_feature(points[name].to_numpy(dtype=float)[scored], y, runs)
+
+    points["predicted"] = main.intercept + main.slope * points["premem"]  # unscored runs too
+    points["predicted_loro"] = np.nan
+    points.loc[scored, "predicted_loro"] = held_out
+    return Prediction(
+        tau=chosen,
+        tau_mode="auto" if auto else "fixed",
+        n_points=int(scored.sum()),
+        n_runs=n_runs,
+        baselines=baselines,
+        points=points,
+        tau_per_run=tau_per_run,
+        **asdict(main),
+    )

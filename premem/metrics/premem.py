@@ -1,0 +1,141 @@
+"""Pre-memorization train accuracy (Kang et al. 2024, DESIGN.md §1) and its baselines.
+
+For training example i at checkpoint t of one run:
+
+    acc_t(i)    fraction of the k samples whose final answer is correct
+    u_t(i)      = [ log(log(ppl_t(i))) >= tau ]      1 while the gold trace is not yet memorized
+    PreMem_t(i) = min( max_{t' <= t} u_t'(i) * acc_t'(i),  acc_t(i) )
+
+i.e. the best accuracy the model reached on i while it had not yet memorized i's trace,
+capped by its accuracy now. The run-level figure is the mean over the examples the run
+trained on (runs.train_example_ids; absent = all). Each (run, checkpoint) becomes one point
+whose test accuracy the run-level figure predicts.
+
+`TrainingCurves` sorts and filters the per-example table once, so evaluating many taus
+(tau=auto searches a grid) costs one vectorised pass each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from premem.errors import InputError
+from premem.store import ScoreStore
+
+# The per-checkpoint features premem predicts test accuracy from. premem is the method;
+# the rest are the baselines the paper compares against.
+FEATURES = {
+    "premem": "pre-memorization train accuracy",
+    "train_acc": "train accuracy",
+    "train_log_ppl": "mean train log-perplexity",
+    "frac_memorized": "fraction of examples memorized",
+}
+
+
+def log_log_perplexity(perplexity: np.ndarray) -> np.ndarray:
+    """log(log(ppl)); -inf where ppl <= 1 (a trace reproduced exactly is memorized)."""
+    ppl = np.asarray(perplexity, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log(np.log(ppl))
+    return np.where(ppl > 1.0, out, -np.inf)
+
+
+def premem_accuracy(acc: np.ndarray, loglog: np.ndarray, group: np.ndarray, tau: float) -> np.ndarray:
+    """PreMem_t per row, for rows sorted by (group, step); `group` labels one (run, example)."""
+    not_memorized = loglog >= tau
+    best_before = pd.Series(np.where(not_memorized, acc, 0.0)).groupby(group, sort=False).cummax()
+    return np.minimum(best_before.to_numpy(), acc)
+
+
+@dataclass
+class TrainingCurves:
+    """Per-example training metrics of every run, restricted to the examples each run trained on.
+
+    `frame` holds run, step, example_id, acc, loglog, log_ppl, sorted by (run, example_id, step);
+    `group` numbers its (run, example_id) pairs, computed once because every tau needs it.
+    """
+
+    frame: pd.DataFrame
+    test: pd.DataFrame  # run, step, test_acc (mean over test examples); may be empty
+    group: np.ndarray = None
+
+    def __post_init__(self):
+        if self.group is None:
+            f = self.frame
+            self.group = pd.factorize(pd.MultiIndex.from_arrays([f["run"], f["example_id"]]))[0]
+
+    @classmethod
+    def from_store(cls, store: ScoreStore) -> "TrainingCurves":
+        train = store.read("train_scores")
+        runs = store.runs()
+        test = store.read("test_scores") if store.has("test_scores") else None
+        return cls.from_tables(train, runs, test)
+
+    @classmethod
+    def from_tables(cls, train: pd.DataFrame, runs: pd.DataFrame, test: pd.DataFrame | None = None) -> "TrainingCurves":
+        train = restrict_to_trained(train, runs)
+        frame = pd.DataFrame(
+            {
+                "run": train["run"].to_numpy(),
+                "step": train["step"].to_numpy(dtype=np.int64),
+                "example_id": train["example_id"].to_numpy(dtype=np.int64),
+                "acc": (train["n_correct"] / train["n_samples"]).to_numpy(dtype=float),
+                "loglog": log_log_perplexity(train["perplexity"].to_numpy()),
+                "log_ppl": np.log(train["perplexity"].to_numpy(dtype=float)),
+            }
+        )
+        if frame["acc"].isna().any():
+            raise InputError("train_scores: a row has n_samples = 0, so its accuracy is undefined")
+        frame = frame.sort_values(["run", "example_id", "step"], kind="stable", ignore_index=True)
+        if test is None or test.empty:
+            test_acc = pd.DataFrame(columns=["run", "step", "test_acc"])
+        else:
+            test_acc = (
+                test.assign(test_acc=test["n_correct"] / test["n_samples"])
+                .groupby(["run", "step"], as_index=False)["test_acc"]
+                .mean()
+            )
+        return cls(frame, test_acc)
+
+    def per_example(self, tau: float) -> pd.DataFrame:
+        """run, step, example_id, acc, memorized, premem — one row per trained example and checkpoint."""
+        f = self.frame
+        return f[["run", "step", "example_id", "acc"]].assign(
+            memorized=f["loglog"].to_numpy() < tau,
+            premem=premem_accuracy(f["acc"].to_numpy(), f["loglog"].to_numpy(), self.group, tau),
+        )
+
+    def points(self, tau: float) -> pd.DataFrame:
+        """One row per (run, step): every feature of FEATURES, and test_acc (NaN when not scored)."""
+        ex = self.per_example(tau).assign(log_ppl=self.frame["log_ppl"].to_numpy())
+        pts = ex.groupby(["run", "step"], as_index=False).agg(
+            premem=("premem", "mean"),
+            train_acc=("acc", "mean"),
+            train_log_ppl=("log_ppl", "mean"),
+            frac_memorized=("memorized", "mean"),
+            n_examples=("example_id", "size"),
+        )
+        return pts.merge(self.test, on=["run", "step"], how="left")
+
+
+def restrict_to_trained(train: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Keep each run's rows for the examples it trained on (runs.train_example_ids; absent = all)."""
+    unknown = sorted(set(train["run"].unique()) - set(runs["run"]))
+    if unknown:
+        raise InputError(f"train_scores: run {unknown[0]!r} is not in runs.parquet")
+    if "train_example_ids" not in runs.columns:
+        return train
+    keep = np.ones(len(train), dtype=bool)
+    for run, ids in zip(runs["run"], runs["train_example_ids"]):
+        if ids is None or (isinstance(ids, float) and np.isnan(ids)):
+            continue
+        rows = (train["run"] == run).to_numpy()
+        keep[rows] = train.loc[rows, "example_id"].isin(np.asarray(ids)).to_numpy()
+    out = train[keep]
+    empty = sorted(set(train["run"]) - set(out["run"]))
+    if empty:
+        raise InputError(f"runs.parquet: run {empty[0]!r} has no train scores for any of its train_example_ids")
+    return out
