@@ -1,0 +1,43 @@
+"""Shared fixtures: paths to the shared data, and small score stores built in tmp dirs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PAPER_STORE = SHARED / "paper_runs" / "gsm8k"
+
+
+def synthetic_tables(n_runs: int = 4, n_steps: int = 3, n_examples: int = 20, seed: int = 0):
+    """A store whose runs differ in skill; test accuracy tracks pre-memorization accuracy."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for r in range(n_runs):
+        skill = 0.2 + 0.6 * r / max(n_runs - 1, 1)
+        for s in range(1, n_steps + 1):
+            for i in range(n_examples):
+                correct = int(rng.binomial(5, min(1.0, skill + 0.1 * s)))
+                # perplexity falls with training: later checkpoints memorize
+                ppl = 1.0 + 0.5 * np.exp(-1.5 * s) * (1 + rng.random())
+                train.append((f"run{r}", 10 * s, i, 5, correct, ppl))
+                test.append((f"run{r}", 10 * s, i, 5, int(rng.binomial(5, skill))))
+    train = pd.DataFrame(train, columns=["run", "step", "example_id", "n_samples", "n_correct", "perplexity"])
+    test = pd.DataFrame(test, columns=["run", "step", "example_id", "n_samples", "n_correct"])
+    runs = pd.DataFrame({"run": [f"run{r}" for r in range(n_runs)], "lr": [1e-5 * (r + 1) for r in range(n_runs)]})
+    return runs, train, test
+
+
+@pytest.fixture
+def synthetic_store(tmp_path):
+    from premem.store import ScoreStore
+
+    store = ScoreStore(tmp_path / "store", create=True)
+    runs, train, test = synthetic_tables()
+    store.write("runs", runs)
+    store.write("train_scores", train)
+    store.write("test_scores", test)
+    return store

@@ -1,0 +1,89 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from premem.errors import InputError
+from premem.metrics.premem import TrainingCurves, log_log_perplexity
+
+TAU = -2.3
+NOT_MEMORIZED = 1.5  # log(log(1.5)) = -0.90 >= tau
+MEMORIZED = 1.01  # log(log(1.01)) = -4.6 < tau
+
+
+def curves_for(accs, ppls, run="r", example_id=0):
+    n = len(accs)
+    train = pd.DataFrame(
+        {
+            "run": [run] * n,
+            "step": [10 * (t + 1) for t in range(n)],
+            "example_id": [example_id] * n,
+            "n_samples": [5] * n,
+            "n_correct": [round(5 * a) for a in accs],
+            "perplexity": ppls,
+        }
+    )
+    return TrainingCurves.from_tables(train, pd.DataFrame({"run": [run]}))
+
+
+def premem_of(accs, ppls):
+    return curves_for(accs, ppls).per_example(TAU)["premem"].round(6).tolist()
+
+
+def test_threshold_matches_the_paper():
+    # tau = -2.3 <=> ppl = exp(exp(-2.3)) = 1.1055
+    assert log_log_perplexity(np.array([1.1056]))[0] >= TAU > log_log_perplexity(np.array([1.1054]))[0]
+    assert log_log_perplexity(np.array([1.0, 0.99]))[0] == -math.inf  # exact reproduction counts as memorized
+
+
+def test_premem_follows_accuracy_while_not_memorized():
+    assert premem_of([0.4, 0.8, 0.6], [NOT_MEMORIZED] * 3) == [0.4, 0.8, 0.6]
+
+
+def test_accuracy_gained_after_memorization_does_not_count():
+    # memorized from the second checkpoint on: the later perfect accuracy is copying, not solving
+    assert premem_of([0.2, 1.0, 1.0], [NOT_MEMORIZED, MEMORIZED, MEMORIZED]) == [0.2, 0.2, 0.2]
+
+
+def test_premem_keeps_best_pre_memorization_accuracy_capped_by_current():
+    accs = [0.6, 0.8, 1.0, 0.4]
+    ppls = [NOT_MEMORIZED, NOT_MEMORIZED, MEMORIZED, MEMORIZED]
+    assert premem_of(accs, ppls) == [0.6, 0.8, 0.8, 0.4]
+
+
+def test_memorized_from_the_start_scores_zero():
+    assert premem_of([1.0, 1.0], [MEMORIZED, MEMORIZED]) == [0.0, 0.0]
+
+
+def test_examples_and_runs_do_not_leak_into_each_other():
+    a = curves_for([0.8, 0.8], [NOT_MEMORIZED, MEMORIZED], run="a", example_id=0).frame
+    b = curves_for([0.2, 1.0], [MEMORIZED, MEMORIZED], run="b", example_id=0).frame
+    raw = pd.concat([a, b])
+    train = pd.DataFrame(
+        {"run": raw.run, "step": raw.step, "example_id": raw.example_id, "n_samples": 5,
+         "n_correct": (raw.acc * 5).round().astype(int), "perplexity": np.exp(np.exp(raw.loglog))}
+    )
+    ex = TrainingCurves.from_tables(train, pd.DataFrame({"run": ["a", "b"]})).per_example(TAU)
+    assert ex[ex.run == "a"].premem.round(6).tolist() == [0.8, 0.8]
+    assert ex[ex.run == "b"].premem.round(6).tolist() == [0.0, 0.0]
+
+
+def test_points_restrict_to_each_runs_training_examples():
+    rows = []
+    for ex_id, acc in [(0, 1.0), (1, 0.0), (2, 0.0)]:
+        rows.append(("half", 10, ex_id, 5, int(5 * acc), NOT_MEMORIZED))
+        rows.append(("full", 10, ex_id, 5, int(5 * acc), NOT_MEMORIZED))
+    train = pd.DataFrame(rows, columns=["run", "step", "example_id", "n_samples", "n_correct", "perplexity"])
+    runs = pd.DataFrame({"run": ["half", "full"], "train_example_ids": [[0], None]})
+    pts = TrainingCurves.from_tables(train, runs).points(TAU).set_index("run")
+    assert pts.loc["half", "premem"] == 1.0 and pts.loc["half", "n_examples"] == 1
+    assert pts.loc["full", "premem"] == pytest.approx(1 / 3) and pts.loc["full", "n_examples"] == 3
+    assert np.isnan(pts.loc["full", "test_acc"])  # no test scores given
+
+
+def test_run_missing_from_runs_table_is_an_error():
+    train = curves_for([0.5], [NOT_MEMORIZED]).frame  # noqa: F841 (builds fine)
+    raw = pd.DataFrame({"run": ["x"], "step": [1], "example_id": [0], "n_samples": [5], "n_correct": [1], "perplexity": [1.5]})
+    with pytest.raises(InputError, match="run 'x' is not in runs.parquet"):
+        TrainingCurves.from_tables(raw, pd.DataFrame({"run": ["y"]}))
