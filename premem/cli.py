@@ -7,6 +7,7 @@ premem.errors.InputError, which ends here as one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -66,6 +67,64 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- data ------------------------------------------------------------------------------------
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from premem.config import load_config
+    from premem.data import DataConfig, get_grader, load_example_set
+    from premem.data.grading import grade_gold_against_solutions
+
+    overrides = list(args.overrides)
+    for key in ("path", "format", "grader", "split", "limit"):
+        value = getattr(args, "data" if key == "path" else key)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(DataConfig, args.config, overrides)
+    if not cfg.path:
+        raise InputError("data check: say which data to read (--data PATH, or path: in --config)")
+    if args.out and Path(args.out).suffix != ".jsonl":
+        raise InputError(f"--out {args.out}: canonical examples are written as .jsonl")
+    data = load_example_set(cfg)
+    grader = get_grader(data.grader)
+    rows = [{"id": ex.example_id, "answer": ex.answer, "solution": ex.solution} for ex in data.examples]
+    n_agree, n_total, misses = grade_gold_against_solutions(rows, grader, "answer", "solution")
+    report = {
+        "path": data.path,
+        "format": data.format,
+        "grader": data.grader,
+        "n_examples": len(data.examples),
+        "fingerprint": data.fingerprint,
+        "gold_self_agreement": n_agree / max(n_total, 1),
+        "disagreements": [
+            {"example_id": m.row_id, "answer": m.gold, "strict": m.strict_answer, "flexible": m.flexible_answer}
+            for m in misses
+        ],
+    }
+    if args.out:
+        from premem.files import atomic_path
+
+        with atomic_path(args.out) as tmp, open(tmp, "w") as f:
+            for ex in data.examples:
+                f.write(json.dumps(dataclasses.asdict(ex), ensure_ascii=False) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(f"{data.path}: {len(data.examples)} examples, format {data.format}, grader {data.grader}")
+    print(f"fingerprint {data.fingerprint}")
+    print(
+        f"gold traces graded against their own final answers: {n_agree}/{n_total} agree "
+        f"({100 * report['gold_self_agreement']:.2f}%, strict and flexible extraction)"
+    )
+    for m in misses[:20]:
+        print(f"  disagrees: example {m.row_id}: answer {m.gold!r}, trace says {m.strict_answer!r} / {m.flexible_answer!r}")
+    if len(misses) > 20:
+        print(f"  ... and {len(misses) - 20} more (--json lists all)")
+    if args.out:
+        print(f"canonical examples written to {args.out}")
+    return 0
+
+
 # -- the parser --------------------------------------------------------------------------------
 
 
@@ -96,6 +155,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compact", action="store_true", help="with --json: on one line")
     p.add_argument("--plot", metavar="FILE", help="write a predicted-vs-actual scatter plot (.png, .svg, .pdf)")
     p.set_defaults(func=cmd_predict)
+
+    data = verbs.add_parser("data", help="load, validate and export datasets").add_subparsers(
+        dest="data_verb", required=True, metavar="ACTION"
+    )
+    p = data.add_parser(
+        "check",
+        help="load a dataset, grade its gold traces against their answers, optionally export canonical JSONL",
+        description="Load a dataset (JSONL, Parquet, CSV or a Hugging Face dataset directory; GSM8K, MATH, "
+        "TRL prompt/completion, chat messages or preference rows) into canonical examples, checking every row, "
+        "and grade each gold trace against its own final answer.",
+    )
+    p.add_argument("--config", help="YAML data config (see configs/data/)")
+    p.add_argument("--data", help="data file or dataset directory (overrides path: in the config)")
+    p.add_argument("--format", help="auto, gsm8k, math, prompt_completion, messages, preference")
+    p.add_argument("--grader", help="gsm8k or math (default: from the format)")
+    p.add_argument("--split", help="split of a DatasetDict directory")
+    p.add_argument("--limit", type=int, help="read only the first N examples")
+    p.add_argument("--out", metavar="FILE.jsonl", help="write the canonical examples here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. fields.question=query")
+    p.set_defaults(func=cmd_data_check)
 
     return parser
 

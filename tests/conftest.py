@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The shared data sits beside the repository (../shared/data); PREMEM_SHARED_DATA overrides.
+SHARED = Path(os.environ.get("PREMEM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 PAPER_STORE = SHARED / "paper_runs" / "gsm8k"
 
 

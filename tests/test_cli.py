@@ -7,8 +7,13 @@ import sys
 import pandas as pd
 import pytest
 
+from pathlib import Path
+
 from premem.cli import main
 from tests.conftest import PAPER_STORE
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args, cwd=None):
@@ -63,3 +68,61 @@ def test_predict_bad_tau_and_bad_plot_name(tmp_path, synthetic_store):
     proc = run("predict", "--store", str(synthetic_store.root), "--plot", str(tmp_path / "p.txt"))
     assert_clean_error(proc, "p.txt")
     assert not (tmp_path / "p.txt").exists()
+
+
+# -- premem data check ---------------------------------------------------------------------
+
+GOOD = '{"question": "What is 2+3?", "answer": "2+3 = <<2+3=5>>5\\n#### 5"}'
+
+
+def test_data_check_exports_canonical_examples(tmp_path):
+    src = tmp_path / "train.jsonl"
+    src.write_text(GOOD + "\n" + GOOD.replace("2+3", "4+4").replace("#### 5", "#### 8").replace(">>5", ">>8") + "\n")
+    out = tmp_path / "canon" / "examples.jsonl"
+    proc = run("data", "check", "--data", str(src), "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["n_examples"] == 2 and report["format"] == "gsm8k" and report["gold_self_agreement"] == 1.0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["example_id"], r["answer"]) for r in rows] == [(0, "5"), (1, "8")]
+
+
+def test_data_check_on_math500_with_field_override(tmp_path):
+    proc = run("data", "check", "--config", "configs/data/math.yaml", "--limit", "20", "--json", cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["n_examples"] == 20
+
+
+def test_data_check_malformed_jsonl_line(tmp_path):
+    src = tmp_path / "train.jsonl"
+    src.write_text(GOOD + "\n" + GOOD + "\n" + '{"question": "broken", "answer": ' + "\n")
+    out = tmp_path / "out.jsonl"
+    assert_clean_error(run("data", "check", "--data", str(src), "--out", str(out)), "train.jsonl", "line 3")
+    assert not out.exists()
+
+
+def test_data_check_row_missing_its_answer(tmp_path):
+    src = tmp_path / "train.jsonl"
+    src.write_text(GOOD + "\n" + '{"question": "What is 1+1?", "answer": "It is two."}\n')
+    out = tmp_path / "out.jsonl"
+    assert_clean_error(run("data", "check", "--data", str(src), "--out", str(out)), "train.jsonl", "row 1", "####")
+    assert not out.exists()
+
+
+def test_data_check_unknown_field_mapping(tmp_path):
+    src = tmp_path / "train.jsonl"
+    src.write_text(GOOD + "\n")
+    proc = run("data", "check", "--data", str(src), "fields.question=query")
+    assert_clean_error(proc, "train.jsonl", "query")
+    proc = run("data", "check", "--data", str(src), "fields.problem=question")
+    assert_clean_error(proc, "problem")
+
+
+def test_data_check_path_that_does_not_exist(tmp_path):
+    assert_clean_error(run("data", "check", "--data", str(tmp_path / "nope.jsonl")), "nope.jsonl", "no such file")
+
+
+def test_data_check_config_with_unknown_key(tmp_path):
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text("path: x.jsonl\nformt: gsm8k\n")
+    assert_clean_error(run("data", "check", "--config", str(cfg)), "d.yaml", "formt")

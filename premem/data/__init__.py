@@ -11,8 +11,10 @@ from premem.data.examples import (
     FORMATS,
     DataConfig,
     Example,
+    ExampleSet,
     dataset_fingerprint,
     detect_format,
+    load_example_set,
     load_examples,
 )
 from premem.data.grading import Grade, get_grader
@@ -34,6 +36,7 @@ __all__ = [
     "ChatTemplate",
     "DataConfig",
     "Example",
+    "ExampleSet",
     "Grade",
     "PaperTemplate",
     "RenderedExample",
@@ -43,6 +46,7 @@ __all__ = [
     "detect_format",
     "get_grader",
     "get_template",
+    "load_example_set",
     "load_examples",
     "read_rows",
     "read_table",

@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from premem.data.grading import get_grader
 from premem.data.io import Table, read_table
 from premem.errors import InputError
 
@@ -98,27 +99,52 @@ def detect_format(columns: list[str], fields: dict[str, str] | None = None) -> s
     return None
 
 
+@dataclass(frozen=True)
+class ExampleSet:
+    """A loaded dataset: its examples, and the format and grader they were read with."""
+
+    path: str
+    format: str
+    grader: str
+    examples: list[Example]
+
+    @property
+    def fingerprint(self) -> str:
+        return dataset_fingerprint(self.examples)
+
+
 def load_examples(cfg: DataConfig) -> list[Example]:
     """Read cfg.path and return its canonical examples, checking every row."""
+    return load_example_set(cfg).examples
+
+
+def load_example_set(cfg: DataConfig) -> ExampleSet:
+    """Like load_examples, keeping the resolved format and grader name alongside."""
     _check_config(cfg)
     table = read_table(cfg.path, cfg.split)
+    for key, column in cfg.fields.items():  # before format detection, which would hide the cause
+        if column not in table.columns:
+            raise InputError(
+                f"{table.path}: fields.{key} names column {column!r}, which is not in the data "
+                f"(columns: {', '.join(table.columns)})"
+            )
     fmt = cfg.format
     if fmt == "auto":
         fmt = detect_format(table.columns, cfg.fields)
         if fmt is None:
-            expected = "; ".join(f"{f} ({', '.join(sorted(set(FORMAT_COLUMNS[f][n] for n in _required(f))))})" for f in AUTO_ORDER)
+            expected = "; ".join(f"{f} ({', '.join(_required_columns(f))})" for f in AUTO_ORDER)
             raise InputError(
                 f"{table.path}: cannot tell the data format from its columns ({', '.join(table.columns)}); "
-                f"expected one of: {expected}; set format and fields to say how to read it"
+                f"expected the columns of one of: {expected}; set format and fields to say how to read it"
             )
     columns = _resolve_columns(fmt, cfg.fields, table)
     grader_name = cfg.grader if cfg.grader != "auto" else ("math" if fmt == "math" else "gsm8k")
     grader = _get_grader(grader_name)
-
     rows = table.rows if cfg.limit is None else table.rows[: cfg.limit]
-    examples = [_to_example(row, i, fmt, columns, grader, grader_name, table) for i, row in enumerate(rows)]
+    reader = _RowReader(fmt, columns, grader, grader_name, table)
+    examples = [reader.example(row, i) for i, row in enumerate(rows)]
     _check_unique_ids(examples, table, columns.get("id"))
-    return examples
+    return ExampleSet(table.path, fmt, grader_name, examples)
 
 
 def dataset_fingerprint(examples: list[Example]) -> str:
@@ -135,6 +161,10 @@ def dataset_fingerprint(examples: list[Example]) -> str:
 
 def _required(fmt: str) -> tuple[str, ...]:
     return ("question", "solution", "rejected") if fmt == "preference" else ("question", "solution")
+
+
+def _required_columns(fmt: str) -> list[str]:
+    return list(dict.fromkeys(FORMAT_COLUMNS[fmt][name] for name in _required(fmt)))
 
 
 def _check_config(cfg: DataConfig) -> None:
@@ -156,9 +186,6 @@ def _check_config(cfg: DataConfig) -> None:
 def _resolve_columns(fmt: str, fields: dict[str, str], table: Table) -> dict[str, str]:
     """Canonical field -> column for this table; errors name the missing column and those present."""
     present = ", ".join(table.columns)
-    for key, column in fields.items():
-        if column not in table.columns:
-            raise InputError(f"{table.path}: fields.{key} names column {column!r}, which is not in the data (columns: {present})")
     columns = {**FORMAT_COLUMNS[fmt], **fields}
     for key in _required(fmt):
         if columns[key] not in table.columns:
@@ -172,48 +199,55 @@ def _resolve_columns(fmt: str, fields: dict[str, str], table: Table) -> dict[str
 
 
 def _get_grader(name: str) -> Any:
-    from premem.data.grading import get_grader
-
     try:
         return get_grader(name)
-    except InputError:
-        raise
-    except (KeyError, ValueError) as e:
-        raise InputError(f"data.grader: unknown grader {name!r} ({e})") from None
+    except (InputError, KeyError) as e:
+        raise InputError(f"data.grader: {e}") from None
 
 
 # --- one row ------------------------------------------------------------------------------
 
 
-def _to_example(row: dict, i: int, fmt: str, columns: dict[str, str], grader: Any, grader_name: str, table: Table) -> Example:
-    where = table.where(i)
-    example_id = _int_id(row.get(columns["id"]), where, columns["id"]) if "id" in columns else i
-    same_column = columns["question"] == columns["solution"]
-    question = _question_text(_text_value(row, columns["question"], where), same_column, columns["question"], where)
-    solution = _response_text(_text_value(row, columns["solution"], where), columns["solution"], where)
-    rejected = None
-    if "rejected" in columns:
-        rejected = _response_text(_text_value(row, columns["rejected"], where), columns["rejected"], where)
-    answer = _answer(row, fmt, columns, solution, grader, grader_name, where)
-    return Example(example_id, question, solution, answer, rejected)
+@dataclass
+class _RowReader:
+    """What turning one row into an Example needs, fixed once per dataset."""
 
+    fmt: str
+    columns: dict[str, str]
+    grader: Any
+    grader_name: str
+    table: Table
 
-def _answer(row: dict, fmt: str, columns: dict[str, str], solution: str, grader: Any, grader_name: str, where: str) -> str:
-    """The answer column's value when non-empty, else the answer found in the solution."""
-    if "answer" in columns:
-        value = row.get(columns["answer"])
-        if value is not None and str(value).strip():
-            return str(value).strip()
-    answer = grader.gold_from_solution(solution)
-    if not answer and fmt in _FREE_FORM:
-        answer = grader.extract_flexible(solution)
-    if answer:
-        return answer
-    column_note = f"field '{columns['answer']}' empty and " if "answer" in columns else ""
-    if fmt in _FREE_FORM:
-        raise InputError(f"{where}: no final answer ({column_note}the {grader_name} grader found none in field '{columns['solution']}')")
-    mark = _ANSWER_MARK.get(grader_name, "final answer")
-    raise InputError(f"{where}: no final answer ({column_note}no {mark} in field '{columns['solution']}')")
+    def example(self, row: dict, i: int) -> Example:
+        where, columns = self.table.where(i), self.columns
+        example_id = _int_id(row.get(columns["id"]), where, columns["id"]) if "id" in columns else i
+        question_value = _text_value(row, columns["question"], where)
+        same_column = columns["question"] == columns["solution"]
+        question = _question_text(question_value, same_column, columns["question"], where)
+        solution = _response_text(_text_value(row, columns["solution"], where), columns["solution"], where)
+        rejected = None
+        if "rejected" in columns:
+            rejected = _response_text(_text_value(row, columns["rejected"], where), columns["rejected"], where)
+        return Example(example_id, question, solution, self.answer(row, solution, where), rejected)
+
+    def answer(self, row: dict, solution: str, where: str) -> str:
+        """The answer column's value when non-empty, else the answer found in the solution."""
+        columns = self.columns
+        if "answer" in columns:
+            value = row.get(columns["answer"])
+            if value is not None and str(value).strip():
+                return str(value).strip()
+        answer = self.grader.gold_from_solution(solution)
+        if not answer and self.fmt in _FREE_FORM:
+            answer = self.grader.extract_flexible(solution)
+        if answer:
+            return answer
+        column_note = f"field '{columns['answer']}' empty and " if "answer" in columns else ""
+        if self.fmt in _FREE_FORM:
+            found_none = f"the {self.grader_name} grader found none"
+        else:
+            found_none = f"no {_ANSWER_MARK.get(self.grader_name, 'final answer')}"
+        raise InputError(f"{where}: no final answer ({column_note}{found_none} in field '{columns['solution']}')")
 
 
 def _text_value(row: dict, column: str, where: str) -> str | list:
@@ -221,7 +255,8 @@ def _text_value(row: dict, column: str, where: str) -> str | list:
     if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value):
         raise InputError(f"{where}: field '{column}' is missing or empty")
     if not isinstance(value, (str, list)):
-        raise InputError(f"{where}: field '{column}' is {type(value).__name__}, expected text or a list of chat messages")
+        kind = type(value).__name__
+        raise InputError(f"{where}: field '{column}' is {kind}, expected text or a list of chat messages")
     return value
 
 
@@ -252,7 +287,9 @@ def _response_text(value: str | list, column: str, where: str) -> str:
 def _messages(value: list, column: str, where: str) -> list[dict]:
     for m in value:
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise InputError(f"{where}: field '{column}' is a list but not of chat messages ({{role, content}} with text content)")
+            raise InputError(
+                f"{where}: field '{column}' is a list but not of chat messages ({{role, content}} with text content)"
+            )
     return value
 
 
@@ -281,5 +318,7 @@ def _check_unique_ids(examples: list[Example], table: Table, id_column: str | No
         if ex.example_id in first_row:
             j = first_row[ex.example_id]
             lines = f" (lines {table.line_numbers[j]} and {table.line_numbers[i]})" if table.line_numbers else ""
-            raise InputError(f"{table.path} rows {j} and {i}{lines}: duplicate id {ex.example_id} in field '{id_column}'")
+            raise InputError(
+                f"{table.path} rows {j} and {i}{lines}: duplicate id {ex.example_id} in field '{id_column}'"
+            )
         first_row[ex.example_id] = i

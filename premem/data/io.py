@@ -51,7 +51,9 @@ def read_table(path: str | Path, split: str | None = None) -> Table:
     else:
         if split is not None:
             # Silently ignoring it could score the wrong data; a file has exactly one split.
-            raise InputError(f"{name}: split {split!r} given, but splits only exist in a Hugging Face dataset directory")
+            raise InputError(
+                f"{name}: split {split!r} given, but splits only exist in a Hugging Face dataset directory"
+            )
         suffix = p.suffix.lower()
         if suffix in (".jsonl", ".json"):
             table = _read_json(p, name)
@@ -70,7 +72,10 @@ def read_table(path: str | Path, split: str | None = None) -> Table:
 
 
 def _read_json(p: Path, name: str) -> Table:
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark some editors write
+    except UnicodeDecodeError as e:
+        raise InputError(f"{name}: not UTF-8 text (byte {e.start})") from None
     if p.suffix.lower() == ".json" and text.lstrip().startswith("["):
         # A .json file is often one array of objects rather than JSON Lines; accept both.
         try:

@@ -67,10 +67,11 @@ class ChatTemplate:
     def __init__(self, tokenizer: Any):
         if tokenizer is None:
             raise InputError("template 'chat' needs a tokenizer (the model's, with a chat template)")
+        kind = type(tokenizer).__name__
         if not getattr(tokenizer, "chat_template", None):
-            raise InputError(f"template 'chat': tokenizer {type(tokenizer).__name__} has no chat template; use template 'paper'")
+            raise InputError(f"template 'chat': tokenizer {kind} has no chat template; use template 'paper'")
         if not getattr(tokenizer, "eos_token", None):
-            raise InputError(f"template 'chat': tokenizer {type(tokenizer).__name__} has no eos token to end the target with")
+            raise InputError(f"template 'chat': tokenizer {kind} has no eos token to end the target with")
         self.tokenizer = tokenizer
         self.stop: list[str] = []
 

@@ -44,7 +44,10 @@ CASES = {
             {"prompt": "P0", "chosen": "Good.\n#### 1", "rejected": "Bad.\n#### 2"},
             {"prompt": "P1", "chosen": "Good.\n#### 3", "rejected": "Bad.\n#### 4", "answer": "3"},
         ],
-        [Example(0, "P0", "Good.\n#### 1", "1", "Bad.\n#### 2"), Example(1, "P1", "Good.\n#### 3", "3", "Bad.\n#### 4")],
+        [
+            Example(0, "P0", "Good.\n#### 1", "1", "Bad.\n#### 2"),
+            Example(1, "P1", "Good.\n#### 3", "3", "Bad.\n#### 4"),
+        ],
     ),
     "messages": (
         [
@@ -85,12 +88,10 @@ def jsonl(tmp_path, rows, name="train.jsonl"):
     return str(path)
 
 
-@pytest.mark.parametrize("kind", FILE_KINDS)
-@pytest.mark.parametrize("fmt", list(CASES))
+# A CSV cell cannot hold a list of messages, so that one pair is left out.
+@pytest.mark.parametrize("fmt,kind", [(f, k) for f in CASES for k in FILE_KINDS if (f, k) != ("messages", "csv")])
 def test_every_format_from_every_file_type(tmp_path, fmt, kind):
     rows, expected = CASES[fmt]
-    if kind == "csv" and fmt == "messages":
-        pytest.skip("a CSV cell cannot hold a list of messages")
     where = write(kind, rows, tmp_path)
     assert load_examples(DataConfig(format=fmt, **where)) == expected
     assert load_examples(DataConfig(**where)) == expected  # auto detection picks the same format
@@ -238,7 +239,8 @@ def test_gsm8k_row_without_final_answer(tmp_path):
 def test_math_row_without_boxed_answer(tmp_path):
     path = tmp_path / "m.parquet"
     pq.write_table(pa.Table.from_pylist([{"problem": "P", "solution": "no box", "answer": ""}]), path)
-    expect_error(DataConfig(path=str(path)), f"{path} row 0: no final answer", "field 'answer' empty", "\\boxed{}", "'solution'")
+    message = expect_error(DataConfig(path=str(path)))
+    assert message == f"{path} row 0: no final answer (field 'answer' empty and no \\boxed{{}} in field 'solution')"
 
 
 def test_free_form_row_without_any_answer(tmp_path):
@@ -265,17 +267,22 @@ def test_missing_or_empty_text(tmp_path, row, fragment):
     [
         ([{"role": "user", "content": "Q"}], "field 'messages' has no assistant message"),
         ([{"role": "assistant", "content": "A #### 1"}], "field 'messages' has no user message"),
-        ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": " "}], "empty assistant message"),
+        (
+            [{"role": "user", "content": "Q"}, {"role": "assistant", "content": " "}],
+            "field 'messages' has an empty assistant message",
+        ),
         (["just", "strings"], "field 'messages' is a list but not of chat messages"),
     ],
 )
 def test_bad_conversations(tmp_path, messages, fragment):
-    expect_error(DataConfig(path=jsonl(tmp_path, [{"messages": messages}]), format="messages"), "train.jsonl row 0 (line 1): " + fragment)
+    cfg = DataConfig(path=jsonl(tmp_path, [{"messages": messages}]), format="messages")
+    expect_error(cfg, "train.jsonl row 0 (line 1): " + fragment)
 
 
 def test_unknown_fields_key(tmp_path):
     path = jsonl(tmp_path, CASES["gsm8k"][0])
-    expect_error(DataConfig(path=path, fields={"prompt": "question"}), "unknown field 'prompt'", "known: id, question, solution, answer, rejected")
+    message = expect_error(DataConfig(path=path, fields={"prompt": "question"}))
+    assert message == "data.fields: unknown field 'prompt'; known: id, question, solution, answer, rejected"
 
 
 def test_field_mapped_to_a_missing_column(tmp_path):
@@ -290,7 +297,7 @@ def test_field_mapped_to_a_missing_column(tmp_path):
 
 def test_explicit_format_needs_its_columns(tmp_path):
     path = jsonl(tmp_path, CASES["gsm8k"][0])
-    expect_error(DataConfig(path=path, format="math"), path, "format math needs column 'problem'", "columns: question, answer")
+    expect_error(DataConfig(path=path, format="math"), path, "needs column 'problem'", "columns: question, answer")
 
 
 def test_duplicate_ids_name_both_rows(tmp_path):
@@ -302,14 +309,15 @@ def test_duplicate_ids_name_both_rows(tmp_path):
 @pytest.mark.parametrize("bad", ["abc", 1.5, None, True])
 def test_non_integer_id(tmp_path, bad):
     rows = [{"question": "Q", "answer": "#### 1", "idx": 0}, {"question": "Q", "answer": "#### 1", "idx": bad}]
-    expect_error(DataConfig(path=jsonl(tmp_path, rows), fields={"id": "idx"}), "train.jsonl row 1 (line 2): id", "in field 'idx' is not an integer")
+    cfg = DataConfig(path=jsonl(tmp_path, rows), fields={"id": "idx"})
+    expect_error(cfg, "train.jsonl row 1 (line 2): id", "in field 'idx' is not an integer")
 
 
 @pytest.mark.parametrize(
     "overrides,fragment",
     [
         ({"format": "alpaca"}, "unknown format 'alpaca'"),
-        ({"grader": "chess"}, "grader"),
+        ({"grader": "chess"}, "data.grader: unknown grader 'chess'"),
         ({"limit": 0}, "data.limit: expected a positive integer"),
         ({"path": ""}, "no path given"),
     ],

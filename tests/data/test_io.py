@@ -45,7 +45,7 @@ def test_jsonl_columns_are_the_union_over_rows(tmp_path):
 
 
 def test_parquet_gives_plain_python_values(tmp_path):
-    rows = [{"prompt": [{"role": "user", "content": "hi"}], "n": 1}, {"prompt": [{"role": "user", "content": "yo"}], "n": 2}]
+    rows = [{"prompt": [{"role": "user", "content": text}], "n": n} for n, text in [(1, "hi"), (2, "yo")]]
     path = tmp_path / "train.parquet"
     pd.DataFrame(rows).to_parquet(path)
     table = read_table(path)
@@ -70,9 +70,8 @@ def test_hf_dataset_directory(tmp_path):
 
 def test_hf_dataset_dict_picks_train_by_default_or_the_named_split(tmp_path):
     other = [{"question": "Q", "answer": "#### 1", "idx": 0}]
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(other)}).save_to_disk(
-        str(tmp_path / "dd")
-    )
+    splits = {"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(other)}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "dd"))
     assert read_rows(tmp_path / "dd") == ROWS
     assert read_rows(tmp_path / "dd", split="test") == other
     with pytest.raises(InputError, match=r"dd: no split 'validation'; splits: train, test"):
@@ -121,7 +120,9 @@ def test_unknown_extension(tmp_path):
         read_rows(path)
 
 
-@pytest.mark.parametrize("name,content", [("e.jsonl", ""), ("e.jsonl", "\n  \n"), ("e.csv", ""), ("e.csv", "a,b\n"), ("e.json", "[]")])
+@pytest.mark.parametrize(
+    "name,content", [("e.jsonl", ""), ("e.jsonl", "\n  \n"), ("e.csv", ""), ("e.csv", "a,b\n"), ("e.json", "[]")]
+)
 def test_empty_files(tmp_path, name, content):
     path = tmp_path / name
     path.write_text(content)
@@ -144,3 +145,10 @@ def test_corrupt_parquet_and_plain_directory(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(InputError, match=r"plain: a directory, but not a Hugging Face dataset"):
         read_rows(tmp_path / "plain")
+
+
+def test_jsonl_that_is_not_utf8(tmp_path):
+    path = tmp_path / "bin.jsonl"
+    path.write_bytes(b'{"a": 1}\n\xff\xfe\x00')
+    with pytest.raises(InputError, match=r"bin.jsonl: not UTF-8 text \(byte 9\)"):
+        read_rows(path)

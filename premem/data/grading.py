@@ -1,0 +1,474 @@
+"""Answer graders: read the final answer out of a reasoning trace and decide if it is right.
+
+Two graders, picked by name with `get_grader`:
+
+- "gsm8k": the answer is the number after "####" (GSM8K's own format, and the paper's).
+- "math":  the answer is the last \\boxed{...}; equivalence is decided by HF math-verify.
+
+Each grader extracts an answer two ways. *Strict* accepts only the trained format ("#### 42",
+"\\boxed{42}"); *flexible* also accepts "The answer is 42" and, failing that, the last number
+(GSM8K) or the last $...$ span (MATH). Strict is what the paper counts; flexible shows how much
+of the gap is format rather than reasoning.
+
+    grader = get_grader("gsm8k")
+    gold = grader.gold_from_solution(row["answer"])     # "72"
+    grade = grader.grade(sample_text, gold)             # Grade(strict_answer="72", ...)
+
+Model samples in the paper's format end with "\\nDone."; everything from there on is ignored.
+
+Timeouts for math-verify. Its own timeouts use signal.alarm, which only works in the main
+thread, so they are off here (parsing_timeout=None, timeout_seconds=None). A worker thread with
+a deadline is not enough either: the slow cases are single C-level big-integer operations
+(sympy evaluating 2^{2^{2^{100}}} or 9999999999^{99999999}) that hold the GIL, so the thread
+waiting on the deadline never gets to run (measured: no wake-up in 60 s). Only a separate
+process can be stopped mid-computation. So math-verify runs in small helper processes (this
+file run as a script), one per thread that is grading at the time; a call that passes its
+deadline kills its helper, logs a warning and counts as not equivalent. Helpers are plain
+subprocesses, so this works from threads, process pools and Ray workers alike, and threads
+grade in parallel. The parent process never imports math-verify at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import select
+import subprocess
+import sys
+import threading
+import weakref
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+from premem.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Grade:
+    strict_answer: str | None  # answer found by strict extraction (None = unparsed)
+    flexible_answer: str | None  # answer found by flexible extraction
+    strict_correct: bool
+    flexible_correct: bool
+
+
+class Grader(Protocol):
+    name: str
+
+    def extract_strict(self, text: str) -> str | None: ...
+    def extract_flexible(self, text: str) -> str | None: ...
+    def gold_from_solution(self, solution: str) -> str | None: ...
+    def equivalent(self, predicted: str, gold: str) -> bool: ...
+    def grade(self, text: str, gold: str) -> Grade: ...
+
+
+# -----------------------------------------------------------------------------
+# pieces both graders use
+
+# "The answer is 42" (also "The final answer is 42"); the last such phrase wins.
+_ANSWER_IS = re.compile(r"the (?:final )?answer is", re.IGNORECASE)
+
+
+def cut_at_done(text: str) -> str:
+    """The sample up to the paper's stop string "\\nDone." (a model that ran on is cut there)."""
+    return text.split("\nDone.", 1)[0]
+
+
+def _after_answer_is(text: str) -> str | None:
+    """The text after the last "The answer is", or None when the phrase is absent."""
+    last = None
+    for last in _ANSWER_IS.finditer(text):
+        pass
+    return None if last is None else text[last.end():]
+
+
+class _GraderBase:
+    """grade() is the same for every grader: extract both ways, compare each with the gold."""
+
+    name = ""
+
+    def grade(self, text: str, gold: str) -> Grade:
+        strict = self.extract_strict(text)
+        flexible = self.extract_flexible(text)
+        strict_ok = strict is not None and bool(gold) and self.equivalent(strict, gold)
+        if flexible == strict:  # the common case; don't pay for the comparison twice
+            flexible_ok = strict_ok
+        else:
+            flexible_ok = flexible is not None and bool(gold) and self.equivalent(flexible, gold)
+        return Grade(strict, flexible, strict_ok, flexible_ok)
+
+
+# -----------------------------------------------------------------------------
+# GSM8K: numbers
+
+# A number as it appears in GSM8K text: "-3", "$1,000.50", ".5", "18" in "18 dollars".
+_NUMBER = re.compile(
+    r"""
+    (?<![\w.,])                       # not the tail of a word or of a longer number ("x2", "1,5")
+    (?P<sign>[-+\u2212]?)             # sign, ASCII or the Unicode minus
+    \$?\s?                            # currency
+    (?:
+        (?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?   # 1,000 / 1000 / 1000.50
+      | (?P<bare>\.\d+)                                   # .5
+    )
+    """,
+    re.VERBOSE,
+)
+# Calculator annotations in GSM8K solutions: "48/2 = <<48/2=24>>24". They repeat numbers
+# out of order (the last number of "<<48/2=24>>" is fine, but "<<24*2=48>>" in the middle
+# of a line is not what the line says), so they are removed before anything is read.
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+
+
+def _canonical(match: re.Match) -> str:
+    """The matched number as a plain decimal string: "$1,000.00" -> "1000", ".50" -> "0.5"."""
+    sign = "-" if match["sign"] in ("-", "\u2212") else ""
+    digits = match["int"].replace(",", "") + (match["frac"] or "") if match["int"] else "0" + match["bare"]
+    text = format(Decimal(sign + digits), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def normalize_number(text: str) -> str | None:
+    """The number a short answer string states, canonical; None if it is not just a number.
+
+    Currency, thousands commas, a leading "+", "%", a trailing "." and unit words after the
+    number are dropped ("$1,000.00" -> "1000", "18 dollars" -> "18", "50%" -> "50"). Anything
+    with a second number in it ("12 - 5", "3/4") is not a number: None.
+    """
+    match = _NUMBER.match(text.strip())
+    if match is None or re.search(r"\d", text.strip()[match.end():]):
+        return None
+    return _canonical(match)
+
+
+def _first_number(text: str) -> str | None:
+    match = _NUMBER.search(text)
+    return None if match is None else _canonical(match)
+
+
+def _last_number(text: str) -> str | None:
+    last = None
+    for last in _NUMBER.finditer(text):
+        pass
+    return None if last is None else _canonical(last)
+
+
+class GSM8KGrader(_GraderBase):
+    """GSM8K: the answer is the number after "####"."""
+
+    name = "gsm8k"
+
+    def extract_strict(self, text: str) -> str | None:
+        """The first number on the line of the first "####"."""
+        text = _CALCULATOR.sub("", cut_at_done(text))
+        _, marker, after = text.partition("####")
+        return _first_number(after.split("\n", 1)[0]) if marker else None
+
+    def extract_flexible(self, text: str) -> str | None:
+        """After "####", else after the last "The answer is", else the last number in the text."""
+        text = _CALCULATOR.sub("", cut_at_done(text))
+        _, marker, after = text.partition("####")
+        if marker and (number := _first_number(after)) is not None:
+            return number
+        after = _after_answer_is(text)
+        if after is not None and (number := _first_number(after)) is not None:
+            return number
+        return _last_number(text)
+
+    def gold_from_solution(self, solution: str) -> str | None:
+        return self.extract_strict(solution)
+
+    def equivalent(self, predicted: str, gold: str) -> bool:
+        """Numerically equal when both are numbers ("1,000.00" == "1000"); else the same text."""
+        a, b = normalize_number(predicted), normalize_number(gold)
+        if a is not None and b is not None:
+            return Decimal(a) == Decimal(b)
+        return predicted.strip().lower() == gold.strip().lower()
+
+
+# -----------------------------------------------------------------------------
+# MATH: LaTeX answers
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+# Math spans: $$...$$, $...$, \(...\), \[...\]; an escaped dollar (\$5) is money, not math.
+_MATH_SPAN = re.compile(
+    r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL
+)
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} or \\fbox{...} (nested braces matched), or None.
+
+    `\\boxed 5` without braces gives the token after it. A last box left unclosed (a truncated
+    sample) or an empty box gives None: the final answer cannot be read.
+    """
+    start, command = max((text.rfind(c), c) for c in _BOX_COMMANDS)
+    if start < 0:
+        return None
+    rest = text[start + len(command):]
+    if not rest.lstrip().startswith("{"):
+        # "\boxed 5": the token after the command, up to a space or the end of the math span
+        token = re.match(r"\s+([^\s$]+)", rest)
+        return token[1] if token else None
+    rest = rest.lstrip()
+    depth, i = 0, 0
+    while i < len(rest):
+        if rest[i] == "\\":  # \{ and \} are literal braces (sets), \\ is a line break: skip both chars
+            i += 2
+            continue
+        if rest[i] == "{":
+            depth += 1
+        elif rest[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return rest[1:i].strip() or None
+        i += 1
+    return None
+
+
+def _math_spans(text: str) -> list[str]:
+    return [next(g for g in m.groups() if g is not None).strip() for m in _MATH_SPAN.finditer(text)]
+
+
+def normalize_latex(text: str) -> str:
+    """A cheap canonical form for the fast path: identical forms are certainly equivalent.
+
+    Only rewrites that never change meaning: surrounding $ and a final period go, \\dfrac and
+    \\tfrac become \\frac, \\left/\\right and thin spaces go, and all whitespace goes.
+    """
+    text = text.strip().removesuffix(".").strip().strip("$").strip()
+    text = re.sub(r"\\[dt]frac(?![a-zA-Z])", r"\\frac", text)
+    text = re.sub(r"\\(?:left|right)(?![a-zA-Z])", "", text)
+    text = re.sub(r"\\[,;:! ]", "", text)
+    return "".join(text.split())
+
+
+class MathGrader(_GraderBase):
+    """MATH: the answer is the last \\boxed{}; equivalence by math-verify (in helper processes)."""
+
+    name = "math"
+
+    def __init__(self, timeout_s: float = 5.0, max_answer_chars: int = 1000):
+        self.timeout_s = timeout_s  # per equivalence check, parse + verify
+        self.max_answer_chars = max_answer_chars  # longer "answers" are junk; never sent to sympy
+        self._helpers = _HelperPool()
+        self._helpers_pid = os.getpid()
+
+    def extract_strict(self, text: str) -> str | None:
+        return last_boxed(cut_at_done(text))
+
+    def extract_flexible(self, text: str) -> str | None:
+        """The last box, else what follows the last "The answer is", else the last math span."""
+        text = cut_at_done(text)
+        if (boxed := last_boxed(text)) is not None:
+            return boxed
+        after = _after_answer_is(text)
+        if after is not None:
+            line = after.strip().split("\n", 1)[0]
+            spans = _math_spans(line)
+            answer = spans[0] if spans else line.lstrip(":").strip().removesuffix(".").strip()
+            if answer:
+                return answer
+        spans = _math_spans(text)
+        return spans[-1] if spans else None
+
+    def gold_from_solution(self, solution: str) -> str | None:
+        return self.extract_strict(solution)
+
+    def equivalent(self, predicted: str, gold: str) -> bool:
+        """Same normalised string, else math-verify's verdict within timeout_s (False past it)."""
+        a, b = normalize_latex(predicted), normalize_latex(gold)
+        if a == b:
+            return bool(a)
+        if not a or not b or max(len(predicted), len(gold)) > self.max_answer_chars:
+            return False
+        if self._helpers_pid != os.getpid():
+            # We are a fork of the process that made this grader: its helpers are not ours to use.
+            self._helpers, self._helpers_pid = _HelperPool(), os.getpid()
+        return self._helpers.equivalent(predicted, gold, self.timeout_s)
+
+    def close(self) -> None:
+        """Stop the idle helper processes now (they also stop when the grader is collected)."""
+        self._helpers.close()
+
+    # Pickling (process pools, Ray) sends the settings only; the receiver starts its own helpers.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"timeout_s": self.timeout_s, "max_answer_chars": self.max_answer_chars}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+
+# -----------------------------------------------------------------------------
+# math-verify helper processes
+
+_HELPER_START_TIMEOUT_S = 120.0  # importing sympy + math-verify: ~3 s on an idle machine
+
+
+class _Helper:
+    """One helper process running math-verify: a JSON line in, "1" or "0" out.
+
+    The deadline is a select() on the helper's stdout, so this needs a POSIX system.
+    """
+
+    def __init__(self):
+        env = dict(os.environ)
+        # the helper runs this file as a script; premem must be importable for its imports
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[2]), env.get("PYTHONPATH")]))
+        # -P: don't put premem/data/ first on sys.path, where io.py would shadow the stdlib's io
+        self.proc = subprocess.Popen(
+            [sys.executable, "-P", str(Path(__file__).resolve()), "--math-verify-helper"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        if self._read_line(_HELPER_START_TIMEOUT_S) != b"ready":
+            self.kill()
+            raise RuntimeError("the math-verify helper process failed to start (is math-verify installed?)")
+
+    def _read_line(self, timeout_s: float) -> bytes | None:
+        """The next line from the helper, or None if none comes within timeout_s."""
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        return self.proc.stdout.readline().strip() if ready else None
+
+    def ask(self, predicted: str, gold: str, timeout_s: float) -> bool | None:
+        """The helper's verdict, or None if it took too long or died."""
+        try:
+            self.proc.stdin.write((json.dumps([predicted, gold]) + "\n").encode())
+            self.proc.stdin.flush()
+        except OSError:
+            return None
+        answer = self._read_line(timeout_s)
+        return None if answer not in (b"1", b"0") else answer == b"1"
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+class _HelperPool:
+    """Idle helpers, shared by the threads of one process; a busy thread takes its own."""
+
+    def __init__(self):
+        self._idle: list[_Helper] = []
+        self._lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, _kill_helpers, self._idle, os.getpid())
+
+    def equivalent(self, predicted: str, gold: str, timeout_s: float) -> bool:
+        with self._lock:
+            helper = self._idle.pop() if self._idle else None
+        if helper is None or helper.proc.poll() is not None:  # none idle, or it died while idle
+            helper = _Helper()
+        verdict = helper.ask(predicted, gold, timeout_s)
+        if verdict is None:
+            helper.kill()  # stuck in sympy, or dead: the next call starts a fresh one
+            logger.warning(
+                "math-verify gave no answer within %.1f s comparing %.80r with gold %.80r; counted as wrong",
+                timeout_s, predicted, gold,
+            )
+            return False
+        with self._lock:
+            self._idle.append(helper)
+        return verdict
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _kill_helpers(helpers: list[_Helper], owner_pid: int) -> None:
+    # A forked child holds copies of the parent's pool; only the owner may stop the helpers.
+    if os.getpid() == owner_pid:
+        while helpers:
+            helpers.pop().kill()
+
+
+def _math_verify_equivalent(predicted: str, gold: str) -> bool:
+    """math-verify's verdict (runs inside a helper). Both sides are bare LaTeX answers."""
+    from math_verify import LatexExtractionConfig, parse, verify
+
+    # Wrapped in \boxed{} and read with the boxed pattern first: the whole string is the answer,
+    # no guessing which part of it is. Only LaTeX extraction: the plain-number fallback could
+    # pick a stray digit out of LaTeX that failed to parse and call it a match.
+    config = [LatexExtractionConfig(boxed_match_priority=0)]
+    gold_parsed = parse("\\boxed{" + gold + "}", extraction_config=config, parsing_timeout=None)
+    predicted_parsed = parse("\\boxed{" + predicted + "}", extraction_config=config, parsing_timeout=None)
+    return verify(gold_parsed, predicted_parsed, timeout_seconds=None)
+
+
+def _serve_math_verify() -> None:
+    """The helper's loop: read [predicted, gold] lines from stdin, answer "1"/"0" on stdout."""
+    replies, sys.stdout = sys.stdout, sys.stderr  # stray prints must not corrupt the replies
+    import math_verify  # noqa: F401  (import before saying ready: the import is the slow part)
+
+    # the timeouts are ours (the parent's deadline), so math-verify's warning about them is noise
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    replies.write("ready\n")
+    replies.flush()
+    for line in sys.stdin:
+        predicted, gold = json.loads(line)
+        try:
+            verdict = _math_verify_equivalent(predicted, gold)
+        except Exception:
+            verdict = False
+        replies.write("1\n" if verdict else "0\n")
+        replies.flush()
+
+
+# -----------------------------------------------------------------------------
+# registry and a check of graders against datasets' own answers
+
+GRADERS: dict[str, type] = {"gsm8k": GSM8KGrader, "math": MathGrader}
+
+
+def get_grader(name: str) -> Grader:
+    if name not in GRADERS:
+        raise InputError(f"unknown grader {name!r}; known: {', '.join(GRADERS)}")
+    return GRADERS[name]()
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    index: int  # position of the row
+    row_id: Any  # the row's unique_id (or id) field, else its index
+    gold: str | None  # the answer field (or what gold_from_solution read)
+    strict_answer: str | None  # what the grader read from the solution
+    flexible_answer: str | None
+
+
+def grade_gold_against_solutions(
+    rows: Iterable[dict[str, Any]],
+    grader: Grader,
+    answer_field: str | None,
+    solution_field: str,
+) -> tuple[int, int, list[Disagreement]]:
+    """How often the grader marks a dataset's own solutions correct: (n_agree, n_total, misses).
+
+    With answer_field the gold is that field (MATH: `answer` against the last box of
+    `solution`); with answer_field=None it is what gold_from_solution reads from the solution
+    itself (GSM8K: the "####" line). A row agrees when strict and flexible grades are both right.
+    """
+    n_agree, n_total, disagreements = 0, 0, []
+    for index, row in enumerate(rows):
+        solution = row[solution_field]
+        gold = grader.gold_from_solution(solution) if answer_field is None else str(row[answer_field])
+        grade = grader.grade(solution, gold) if gold is not None else Grade(None, None, False, False)
+        n_total += 1
+        if grade.strict_correct and grade.flexible_correct:
+            n_agree += 1
+        else:
+            row_id = row.get("unique_id", row.get("id", index))
+            disagreements.append(Disagreement(index, row_id, gold, grade.strict_answer, grade.flexible_answer))
+    return n_agree, n_total, disagreements
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--math-verify-helper"]:
+    _serve_math_verify()
