@@ -19,30 +19,33 @@ Model samples in the paper's format end with "\\nDone."; everything from there o
 Timeouts for math-verify. Its own timeouts use signal.alarm, which only works in the main
 thread, so they are off here (parsing_timeout=None, timeout_seconds=None). A worker thread with
 a deadline is not enough either: the slow cases are single C-level big-integer operations
-(sympy evaluating 2^{2^{2^{100}}} or 9999999999^{99999999}) that hold the GIL, so the thread
+(sympy evaluating 2^{2^{2^100}} or 9999999999^{99999999}) that hold the GIL, so the thread
 waiting on the deadline never gets to run (measured: no wake-up in 60 s). Only a separate
-process can be stopped mid-computation. So math-verify runs in small helper processes (this
-file run as a script), one per thread that is grading at the time; a call that passes its
-deadline kills its helper, logs a warning and counts as not equivalent. Helpers are plain
-subprocesses, so this works from threads, process pools and Ray workers alike, and threads
-grade in parallel. The parent process never imports math-verify at all.
+process can be stopped mid-computation. So math-verify runs in helper processes: the workers
+of a pebble ProcessPool (two by default), started with "spawn" on a grader's first real check,
+in each process that grades. A check that passes its deadline gets its helper killed and
+replaced by pebble, logs a warning and counts as not equivalent. The grader pickles as its
+settings only, so it works from threads (which share the helpers), process pools and Ray
+workers alike. The parent process never imports math-verify at all. `MathGrader.close()` stops
+the helpers; so do collecting the grader and the process's exit. As with any spawn-based pool,
+a script that grades needs the `if __name__ == "__main__":` guard: helpers import its main module.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import multiprocessing
+import multiprocessing.util
 import os
 import re
-import select
-import subprocess
-import sys
 import threading
-import weakref
+from concurrent.futures import wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, NamedTuple, Protocol
+
+from pebble import ProcessExpired, ProcessPool
 
 from premem.errors import InputError
 
@@ -251,15 +254,20 @@ def normalize_latex(text: str) -> str:
 
 
 class MathGrader(_GraderBase):
-    """MATH: the answer is the last \\boxed{}; equivalence by math-verify (in helper processes)."""
+    """MATH: the answer is the last \\boxed{}; equivalence by math-verify (in helper processes).
+
+    close() stops this process's helpers; they also stop when the grader is collected and when
+    the process exits.
+    """
 
     name = "math"
 
-    def __init__(self, timeout_s: float = 5.0, max_answer_chars: int = 1000):
+    def __init__(self, timeout_s: float = 5.0, max_answer_chars: int = 1000, max_workers: int | None = None):
         self.timeout_s = timeout_s  # per equivalence check, parse + verify
         self.max_answer_chars = max_answer_chars  # longer "answers" are junk; never sent to sympy
-        self._helpers = _HelperPool()
-        self._helpers_pid = os.getpid()
+        self.max_workers = max_workers  # helper processes; None: min(2, CPUs), enough for a few threads
+        self._helpers: _Helpers | None = None  # made on first use, by the process that uses them
+        self._lock = threading.Lock()
 
     def extract_strict(self, text: str) -> str | None:
         return last_boxed(cut_at_done(text))
@@ -289,138 +297,130 @@ class MathGrader(_GraderBase):
             return bool(a)
         if not a or not b or max(len(predicted), len(gold)) > self.max_answer_chars:
             return False
-        if self._helpers_pid != os.getpid():
-            # We are a fork of the process that made this grader: its helpers are not ours to use.
-            self._helpers, self._helpers_pid = _HelperPool(), os.getpid()
-        return self._helpers.equivalent(predicted, gold, self.timeout_s)
+        try:
+            return self._ask_helper(predicted, gold)
+        except TimeoutError:  # pebble has killed the helper and starts a fresh one
+            logger.warning(
+                "math-verify gave no answer within %.1f s comparing %.80r with gold %.80r; counted as wrong",
+                self.timeout_s, predicted, gold,
+            )
+            return False
+        except ProcessExpired as error:  # the helper died mid-check; pebble starts a fresh one
+            logger.warning(
+                "math-verify's helper died (exit code %s) comparing %.80r with gold %.80r; counted as wrong",
+                error.exitcode, predicted, gold,
+            )
+            return False
+        except ImportError as error:
+            raise RuntimeError("math-verify cannot be imported in the helper process (is it installed?)") from error
+
+    def _ask_helper(self, predicted: str, gold: str) -> bool:
+        """math-verify's verdict from one of this process's helpers."""
+        helpers = self._get_helpers()
+        try:
+            return _check(helpers.pool, predicted, gold, self.timeout_s)
+        except RuntimeError:  # BrokenProcessPool is one
+            # The pool is unusable: an idle helper died (pebble then gives up on the whole pool),
+            # close() stopped it meanwhile, or its helpers could not start. A fresh pool gets one
+            # more try.
+            self._drop(helpers)
+        try:
+            return _check(self._get_helpers().pool, predicted, gold, self.timeout_s)
+        except RuntimeError as error:
+            raise RuntimeError("the math-verify helper process failed to start") from error
+
+    def _get_helpers(self) -> _Helpers:
+        """This process's pool of helpers, made on first use (nothing starts until a check)."""
+        with self._lock:
+            if self._helpers is None or self._helpers.pid != os.getpid():
+                # none yet, or we are a fork of the process that made them: those are not ours to use
+                pool = ProcessPool(
+                    max_workers=self.max_workers or min(2, os.cpu_count() or 1),
+                    max_tasks=0,  # a helper lives until it is killed; its imports cost seconds
+                    initializer=_start_helper,
+                    # not fork: forking a threaded parent (pebble's own threads, Ray, vLLM) is unsafe
+                    context=multiprocessing.get_context("spawn"),
+                )
+                # multiprocessing calls this when the grader is collected and when the process
+                # exits, atexit or not: a process-pool worker that exits with helpers still running
+                # would otherwise wait for them (non-daemon children) forever
+                stop = multiprocessing.util.Finalize(self, _stop_pool, args=(pool,), exitpriority=10)
+                self._helpers = _Helpers(os.getpid(), pool, stop)
+            return self._helpers
+
+    def _drop(self, helpers: _Helpers) -> None:
+        with self._lock:
+            if self._helpers is helpers:
+                self._helpers = None
+        helpers.stop()
 
     def close(self) -> None:
-        """Stop the idle helper processes now (they also stop when the grader is collected)."""
-        self._helpers.close()
+        """Stop the helper processes now; a later check starts new ones."""
+        with self._lock:
+            helpers, self._helpers = self._helpers, None
+        if helpers is not None and helpers.pid == os.getpid():  # a fork leaves its parent's alone
+            helpers.stop()
 
     # Pickling (process pools, Ray) sends the settings only; the receiver starts its own helpers.
     def __getstate__(self) -> dict[str, Any]:
-        return {"timeout_s": self.timeout_s, "max_answer_chars": self.max_answer_chars}
+        return {"timeout_s": self.timeout_s, "max_answer_chars": self.max_answer_chars, "max_workers": self.max_workers}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)
 
 
 # -----------------------------------------------------------------------------
-# math-verify helper processes
-
-_HELPER_START_TIMEOUT_S = 120.0  # importing sympy + math-verify: ~3 s on an idle machine
+# math-verify helper processes: the workers of a pebble ProcessPool
 
 
-class _Helper:
-    """One helper process running math-verify: a JSON line in, "1" or "0" out.
-
-    The deadline is a select() on the helper's stdout, so this needs a POSIX system.
-    """
-
-    def __init__(self):
-        env = dict(os.environ)
-        # the helper runs this file as a script; premem must be importable for its imports
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[2]), env.get("PYTHONPATH")]))
-        # -P: don't put premem/data/ first on sys.path, where io.py would shadow the stdlib's io
-        self.proc = subprocess.Popen(
-            [sys.executable, "-P", str(Path(__file__).resolve()), "--math-verify-helper"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        if self._read_line(_HELPER_START_TIMEOUT_S) != b"ready":
-            self.kill()
-            raise RuntimeError("the math-verify helper process failed to start (is math-verify installed?)")
-
-    def _read_line(self, timeout_s: float) -> bytes | None:
-        """The next line from the helper, or None if none comes within timeout_s."""
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
-        return self.proc.stdout.readline().strip() if ready else None
-
-    def ask(self, predicted: str, gold: str, timeout_s: float) -> bool | None:
-        """The helper's verdict, or None if it took too long or died."""
-        try:
-            self.proc.stdin.write((json.dumps([predicted, gold]) + "\n").encode())
-            self.proc.stdin.flush()
-        except OSError:
-            return None
-        answer = self._read_line(timeout_s)
-        return None if answer not in (b"1", b"0") else answer == b"1"
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self.proc.stdin.close()
-        self.proc.stdout.close()
+class _Helpers(NamedTuple):
+    pid: int  # the process that made the pool; only it may use or stop it
+    pool: ProcessPool
+    stop: Callable[[], None]  # stops the pool, once, whoever calls it first
 
 
-class _HelperPool:
-    """Idle helpers, shared by the threads of one process; a busy thread takes its own."""
-
-    def __init__(self):
-        self._idle: list[_Helper] = []
-        self._lock = threading.Lock()
-        self._finalizer = weakref.finalize(self, _kill_helpers, self._idle, os.getpid())
-
-    def equivalent(self, predicted: str, gold: str, timeout_s: float) -> bool:
-        with self._lock:
-            helper = self._idle.pop() if self._idle else None
-        if helper is None or helper.proc.poll() is not None:  # none idle, or it died while idle
-            helper = _Helper()
-        verdict = helper.ask(predicted, gold, timeout_s)
-        if verdict is None:
-            helper.kill()  # stuck in sympy, or dead: the next call starts a fresh one
-            logger.warning(
-                "math-verify gave no answer within %.1f s comparing %.80r with gold %.80r; counted as wrong",
-                timeout_s, predicted, gold,
-            )
-            return False
-        with self._lock:
-            self._idle.append(helper)
-        return verdict
-
-    def close(self) -> None:
-        self._finalizer()
+def _check(pool: ProcessPool, predicted: str, gold: str, timeout_s: float) -> bool:
+    """One check in the pool: the verdict, or the exception pebble gives for it."""
+    future = pool.schedule(_math_verify_equivalent, args=(predicted, gold), timeout=timeout_s)
+    # A pool that breaks as the check comes in (helpers that die at once) can leave its future
+    # pending forever (seen with pebble 5.2.3), so look at the pool now and then, not wait blind.
+    while not wait([future], timeout=1.0).done:
+        if not pool.active:
+            raise BrokenProcessPool("the pool stopped without answering")
+    return future.result()
 
 
-def _kill_helpers(helpers: list[_Helper], owner_pid: int) -> None:
-    # A forked child holds copies of the parent's pool; only the owner may stop the helpers.
-    if os.getpid() == owner_pid:
-        while helpers:
-            helpers.pop().kill()
+def _stop_pool(pool: ProcessPool) -> None:
+    pool.stop()  # at once; a check still waiting on this pool retries on a fresh one
+    pool.join()
+
+
+def _start_helper() -> None:
+    """Runs once in each new helper, before its first check, so outside every check's timeout."""
+    # the timeouts are pebble's, so math-verify's warning that its own are off is noise
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    try:
+        import math_verify  # noqa: F401  (sympy and all, a second or more: not on a check's clock)
+    except ImportError:
+        pass  # each check imports it again, and that ImportError reaches the parent
 
 
 def _math_verify_equivalent(predicted: str, gold: str) -> bool:
-    """math-verify's verdict (runs inside a helper). Both sides are bare LaTeX answers."""
+    """math-verify's verdict (runs in a helper). Both sides are bare LaTeX answers."""
     from math_verify import LatexExtractionConfig, parse, verify
 
     # Wrapped in \boxed{} and read with the boxed pattern first: the whole string is the answer,
     # no guessing which part of it is. Only LaTeX extraction: the plain-number fallback could
     # pick a stray digit out of LaTeX that failed to parse and call it a match.
     config = [LatexExtractionConfig(boxed_match_priority=0)]
-    gold_parsed = parse("\\boxed{" + gold + "}", extraction_config=config, parsing_timeout=None)
-    predicted_parsed = parse("\\boxed{" + predicted + "}", extraction_config=config, parsing_timeout=None)
-    return verify(gold_parsed, predicted_parsed, timeout_seconds=None)
-
-
-def _serve_math_verify() -> None:
-    """The helper's loop: read [predicted, gold] lines from stdin, answer "1"/"0" on stdout."""
-    replies, sys.stdout = sys.stdout, sys.stderr  # stray prints must not corrupt the replies
-    import math_verify  # noqa: F401  (import before saying ready: the import is the slow part)
-
-    # the timeouts are ours (the parent's deadline), so math-verify's warning about them is noise
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    replies.write("ready\n")
-    replies.flush()
-    for line in sys.stdin:
-        predicted, gold = json.loads(line)
-        try:
-            verdict = _math_verify_equivalent(predicted, gold)
-        except Exception:
-            verdict = False
-        replies.write("1\n" if verdict else "0\n")
-        replies.flush()
+    try:
+        gold_parsed = parse("\\boxed{" + gold + "}", extraction_config=config, parsing_timeout=None)
+        predicted_parsed = parse("\\boxed{" + predicted + "}", extraction_config=config, parsing_timeout=None)
+        return verify(gold_parsed, predicted_parsed, timeout_seconds=None)
+    except ImportError:
+        raise  # a broken install, not a wrong answer
+    except Exception:
+        return False  # LaTeX that math-verify cannot read is not a match
 
 
 # -----------------------------------------------------------------------------
@@ -468,7 +468,3 @@ def grade_gold_against_solutions(
             row_id = row.get("unique_id", row.get("id", index))
             disagreements.append(Disagreement(index, row_id, gold, grade.strict_answer, grade.flexible_answer))
     return n_agree, n_total, disagreements
-
-
-if __name__ == "__main__" and sys.argv[1:] == ["--math-verify-helper"]:
-    _serve_math_verify()

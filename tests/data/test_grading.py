@@ -6,7 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import multiprocessing.spawn
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +32,8 @@ from premem.data.grading import (
 )
 from premem.errors import InputError
 
-DATA = Path(__file__).parents[2].parent / "shared" / "data"
+REPO = Path(__file__).parents[2]
+DATA = REPO.parent / "shared" / "data"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -214,7 +221,7 @@ def test_math_equivalence_fast_path_needs_no_helper():
     assert grader.equivalent("\\dfrac{1}{2}", "$\\frac{1}{2}$")
     assert not grader.equivalent("", "")  # nothing is not an answer
     assert not grader.equivalent("x" * 2000, "y")  # too long to send to sympy
-    assert grader._helpers._idle == []  # none started
+    assert grader._helpers is None  # no pool made, so no helper started
 
 
 # -----------------------------------------------------------------------------
@@ -263,7 +270,7 @@ _INHERITED = MathGrader()
 
 
 def _grade_all_with_inherited_grader(pairs):
-    # runs in a forked worker that inherited _INHERITED, helpers and all, from the parent
+    # runs in a forked worker that inherited _INHERITED, its parent's pool and all
     return _grade_all(_INHERITED, pairs)
 
 
@@ -283,11 +290,11 @@ def test_math_grades_same_from_main_thread_threads_and_processes(math_grader):
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         assert pool.submit(_grade_all, math_grader, TEXTS).result() == expected
 
-    # a forked worker must not talk to the parent's helpers (it would read their replies)
-    _grade_all(_INHERITED, TEXTS[:1])  # the parent's copy now has a helper running
+    # a forked worker must not use the parent's pool (its threads stayed in the parent)
+    _grade_all(_INHERITED, TEXTS[:1])  # the parent's copy now has its helpers running
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
         assert pool.submit(_grade_all_with_inherited_grader, TEXTS).result() == expected
-    assert _grade_all(_INHERITED, TEXTS) == expected  # and the parent's helper still works
+    assert _grade_all(_INHERITED, TEXTS) == expected  # and the parent's helpers still work
     _INHERITED.close()
 
 
@@ -308,18 +315,92 @@ def test_math_verify_stuck_in_sympy_is_cut_off(caplog):
         grader.close()
 
 
+def _new_helper_pids(check) -> set[int]:
+    """Pids of the child processes that appeared while check() ran: a fresh grader's helpers."""
+    before = {p.pid for p in multiprocessing.active_children()}
+    check()
+    return {p.pid for p in multiprocessing.active_children()} - before
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has stopped; it only waits to be reaped
+
+
 def test_math_helper_that_cannot_start_fails_loudly(monkeypatch):
     # a broken environment must raise, not quietly mark every answer wrong
-    monkeypatch.setattr("sys.executable", "/bin/false")
+    multiprocessing.get_context("spawn").Lock()  # start spawn's resource tracker now, with the real interpreter
+    monkeypatch.setattr(multiprocessing.spawn, "_python_exe", multiprocessing.spawn.get_executable())  # restored after
+    multiprocessing.set_executable("/bin/false")  # the interpreter spawn starts helpers with
     with pytest.raises(RuntimeError, match="math-verify helper process failed to start"):
         MathGrader().equivalent("0.5", "\\frac{1}{2}")
 
 
-def test_math_helper_that_died_while_idle_is_replaced(math_grader):
-    assert math_grader.equivalent("0.5", "\\frac{1}{2}")
-    for helper in math_grader._helpers._idle:
-        helper.kill()
-    assert math_grader.equivalent("0.5", "\\frac{1}{2}")
+def test_math_helper_without_math_verify_fails_loudly(tmp_path, monkeypatch):
+    # math-verify missing in the helpers must raise, not count every answer wrong
+    (tmp_path / "math_verify.py").write_text("raise ImportError('no math-verify here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # helpers are spawned with this process's sys.path
+    grader = MathGrader()
+    try:
+        with pytest.raises(RuntimeError, match=r"math-verify cannot be imported in the helper process"):
+            grader.equivalent("0.5", "\\frac{1}{2}")
+    finally:
+        grader.close()
+
+
+def test_math_helper_that_died_while_idle_is_replaced():
+    grader = MathGrader()
+    try:
+        pids = _new_helper_pids(lambda: grader.equivalent("0.5", "\\frac{1}{2}"))
+        assert len(pids) == 2
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)  # pebble notices, and gives up on a pool whose idle helpers died
+        assert grader.equivalent("0.5", "\\frac{1}{2}")
+    finally:
+        grader.close()
+
+
+@pytest.mark.slow
+def test_math_helper_that_dies_mid_check_counts_as_wrong(caplog):
+    grader = MathGrader(timeout_s=60.0)
+    try:
+        pids = _new_helper_pids(lambda: grader.equivalent("2", "2.0"))
+        with caplog.at_level(logging.WARNING, logger="premem.data.grading"):
+            with ThreadPoolExecutor(1) as pool:
+                stuck = pool.submit(grader.equivalent, "2^{2^{2^{100}}}", "5")
+                time.sleep(1.0)  # one helper is now inside sympy
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                assert stuck.result(timeout=10) is False
+        assert "math-verify's helper died (exit code -9)" in caplog.text
+        assert grader.equivalent("0.5", "\\frac{1}{2}")  # fresh helpers take over
+    finally:
+        grader.close()
+
+
+@pytest.mark.slow
+def test_math_helpers_stop_at_exit_and_parent_never_imports_math_verify():
+    # the grader is not closed: the process's exit must stop its helpers by itself
+    script = textwrap.dedent(
+        """
+        import multiprocessing, sys
+        from premem.data.grading import MathGrader
+        grader = MathGrader()
+        assert grader.equivalent("0.5", "\\\\frac{1}{2}")
+        print(*[p.pid for p in multiprocessing.active_children()])
+        print("math_verify" in sys.modules)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pids_line, imported = done.stdout.splitlines()
+    pids = [int(pid) for pid in pids_line.split()]
+    assert len(pids) == 2 and imported == "False"
+    assert [pid for pid in pids if _running(pid)] == []
 
 
 # -----------------------------------------------------------------------------
