@@ -106,3 +106,14 @@ def test_two_writers_on_one_store_lose_nothing(tmp_path):
         p.join(60)
         assert p.exitcode == 0
     pd.testing.assert_frame_equal(store.read("train_scores"), train.sort_values(["run", "step", "example_id"], ignore_index=True))
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    _, train, _ = synthetic_tables(n_runs=1, n_steps=1, n_examples=2)
+    store = ScoreStore(tmp_path, create=True)
+    store.write("train_scores", train)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert store.path("train_scores").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -158,7 +158,7 @@ def predict(curves: TrainingCurves, tau: float | str = -2.3, grid: tuple[float, 
             t = choose_tau({k: v[~held] for k, v in premem_x.items()}, y[~held], runs[~held])
             tau_per_run[str(run)] = t
             nested[held] = Line(premem_x[t][~held], y[~held]).predict(premem_x[t][held])
-        log.info("tau=auto chose %.2f on all runs; per held-out run: %s", chosen, tau_per_run)
+        log.debug("tau=auto chose %.2f on all runs; per held-out run: %s", chosen, tau_per_run)
     else:
         chosen = float(tau)
 
