@@ -7,20 +7,35 @@
     train_scores.parquet  run x step x train example run, step, example_id, n_samples, n_correct, perplexity
     test_scores.parquet   run x step x test example  run, step, example_id, n_samples, n_correct
 
+Further tables, written by `premem score`, keep what regrading and resuming need:
+
+    samples.parquet       run x step x split x example x sample: text, n_tokens, answers, grades
+    datasets.parquet      one row per split: the data a store was scored on (fingerprint, ids)
+
+Each table's columns and checks are in premem.tables.
+
 Reads validate, and a bad table fails with one line naming the file and the row.
 Writes go to a temporary file in the same directory and are renamed into place, so a reader
 never sees half a table and a killed writer leaves the old table intact. Appends are
 idempotent: a row whose key is already stored is skipped, so a resumed job never duplicates
 a row. A file lock serialises writers, so two jobs on one store cannot lose each other's rows.
+
+Scoring writes in units of work, parts (one checkpoint x split x shard), each its own file:
+
+    parts/<table>/<part>.parquet   e.g. parts/train_scores/run=r1.step=10.split=train.shard=00003.parquet
+
+A part written is a unit of work done (`has_part`), so a killed job resumes where it stopped.
+Reading a table reads the main file and its parts, keeping the first row of each key (the
+main file's, then the parts' in name order). `compact` merges the parts into the main file,
+then deletes them; a crash in between leaves parts whose rows the main file already holds.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,24 +43,13 @@ from filelock import FileLock
 
 from premem.errors import InputError
 from premem.files import atomic_path
+from premem.tables import SCORE_KEY, TABLES, TableSpec, example_ids_sha256, validate
+
+__all__ = ["ScoreStore", "TABLES", "TableSpec", "SCORE_KEY", "validate", "example_ids_sha256"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class TableSpec:
-    key: tuple[str, ...]  # columns that identify a row; unique within the table
-    ints: tuple[str, ...] = ()  # required integer columns
-    floats: tuple[str, ...] = ()  # required float columns
-    counts: bool = False  # has n_samples / n_correct to check against each other
-
-
-SCORE_KEY = ("run", "step", "example_id")
-TABLES: dict[str, TableSpec] = {
-    "runs": TableSpec(key=("run",)),
-    "train_scores": TableSpec(SCORE_KEY, ints=("step", "example_id", "n_samples", "n_correct"), floats=("perplexity",), counts=True),
-    "test_scores": TableSpec(SCORE_KEY, ints=("step", "example_id", "n_samples", "n_correct"), counts=True),
-}
+PART_NAME = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9._=-]{0,199}")  # not starting with "." (temporary files do)
 
 
 class ScoreStore:
@@ -63,21 +67,37 @@ class ScoreStore:
         return self.root / f"{table}.parquet"
 
     def has(self, table: str) -> bool:
-        return self.path(table).is_file()
+        """Whether the table holds anything: its main file, or parts."""
+        return self.path(table).is_file() or bool(self.parts(table))
+
+    def part_path(self, table: str, part: str) -> Path:
+        if not PART_NAME.fullmatch(part):
+            raise InputError(f"part name {part!r}: use letters, digits and . _ = - only (200 at most, no leading '.')")
+        if table not in TABLES:
+            raise InputError(f"{table}: parts need a table with a key; known: {', '.join(TABLES)}")
+        return self.root / "parts" / table / f"{part}.parquet"
+
+    def has_part(self, table: str, part: str) -> bool:
+        return self.part_path(table, part).is_file()
+
+    def parts(self, table: str) -> list[str]:
+        """Names of the table's parts not yet compacted, sorted."""
+        folder = self.root / "parts" / table
+        if not folder.is_dir():
+            return []
+        names = (p.name[: -len(".parquet")] for p in folder.iterdir() if p.name.endswith(".parquet"))
+        return sorted(n for n in names if PART_NAME.fullmatch(n))
 
     # -- reading ---------------------------------------------------------------------------
 
     def read(self, table: str) -> pd.DataFrame:
-        """Read and validate a table; a missing table is an error naming the file."""
+        """Read and validate a table, parts included; a missing table is an error naming the file."""
         path = self.path(table)
-        if not path.is_file():
+        files = ([path] if path.is_file() else []) + [self.part_path(table, p) for p in self.parts(table)]
+        if not files:
             raise InputError(f"{path}: table missing from the score store")
-        try:
-            df = pq.read_table(path).to_pandas()
-        except (pa.ArrowInvalid, OSError) as e:
-            raise InputError(f"{path}: not a readable Parquet file ({e})") from None
-        validate(table, df, str(path))
-        return df
+        frames = [_read_file(table, f) for f in files]
+        return frames[0] if len(frames) == 1 else _first_per_key(table, frames)
 
     def runs(self) -> pd.DataFrame:
         """The runs table; when absent, one row per run found in train_scores (trained on all examples)."""
@@ -89,10 +109,12 @@ class ScoreStore:
     # -- writing ---------------------------------------------------------------------------
 
     def write(self, table: str, df: pd.DataFrame) -> None:
-        """Replace a table atomically (validated first; nothing is written if it is bad)."""
+        """Replace a table atomically, parts included (validated first; nothing is written if it is bad)."""
         validate(table, df, f"{table} (to write)")
         with self._lock:
             self._write_atomic(self.path(table), df)
+            for part in self.parts(table):
+                self.part_path(table, part).unlink(missing_ok=True)
 
     def append(self, table: str, df: pd.DataFrame, replace: bool = False) -> int:
         """Add rows; rows whose key is already stored are skipped (or replace the old ones).
@@ -101,26 +123,92 @@ class ScoreStore:
         twice leaves the table as after the first time.
         """
         validate(table, df, f"{table} (to append)")
-        key = list(TABLES[table].key) if table in TABLES else None
         with self._lock:
-            if not self.has(table):
-                self._write_atomic(self.path(table), df)
-                return len(df)
-            old = self.read(table)
-            if key is None:
-                raise InputError(f"{table}: append needs a table with a key")
-            old_keys = pd.MultiIndex.from_frame(old[key])
-            new_keys = pd.MultiIndex.from_frame(df[key])
-            seen = new_keys.isin(old_keys)
-            if replace:
-                merged = pd.concat([old[~old_keys.isin(new_keys)], df], ignore_index=True)
-                n = len(df)
-            else:
-                merged = pd.concat([old, df[~seen]], ignore_index=True)
-                n = int((~seen).sum())
-            if n:
-                self._write_atomic(self.path(table), merged.sort_values(key, kind="stable", ignore_index=True))
-            return n
+            return self._append(table, df, replace)
+
+    def _append(self, table: str, df: pd.DataFrame, replace: bool = False) -> int:
+        if not self.has(table):
+            self._write_atomic(self.path(table), df)
+            return len(df)
+        if table not in TABLES:
+            raise InputError(f"{table}: append needs a table with a key")
+        key = list(TABLES[table].key)
+        old = self.read(table)
+        old_keys = pd.MultiIndex.from_frame(old[key])
+        new_keys = pd.MultiIndex.from_frame(df[key])
+        seen = new_keys.isin(old_keys)
+        if replace:
+            merged = pd.concat([old[~old_keys.isin(new_keys)], df], ignore_index=True)
+            n = len(df)
+        else:
+            merged = pd.concat([old, df[~seen]], ignore_index=True)
+            n = int((~seen).sum())
+        if n:
+            self._write_atomic(self.path(table), merged.sort_values(key, kind="stable", ignore_index=True))
+        return n
+
+    def write_part(self, table: str, part: str, df: pd.DataFrame) -> None:
+        """Write one unit of work's rows (validated) as a part; writing a part again replaces it."""
+        path = self.part_path(table, part)
+        validate(table, df, f"{table} part {part} (to write)")
+        with self._lock:  # never while compact is between reading this part and deleting it
+            self._write_atomic(path, df)
+
+    def compact(self, table: str) -> int:
+        """Merge the table's parts into its main file, then delete them; returns the rows added.
+
+        A crash after the merge leaves parts whose rows the main file holds: reads stay right,
+        and compacting again only deletes them.
+        """
+        with self._lock:
+            parts = self.parts(table)
+            if not parts:
+                return 0
+            path = self.path(table)
+            main = [_read_file(table, path)] if path.is_file() else []
+            merged = _first_per_key(table, main + [_read_file(table, self.part_path(table, p)) for p in parts])
+            added = len(merged) - sum(len(m) for m in main)
+            if added or not main:
+                key = list(TABLES[table].key)
+                self._write_atomic(path, merged.sort_values(key, kind="stable", ignore_index=True))
+            for part in parts:
+                self.part_path(table, part).unlink(missing_ok=True)
+            log.debug("compacted %d parts of %s (%d rows added)", len(parts), table, added)
+            return added
+
+    def check_dataset(self, split: str, dataset, **info) -> None:
+        """Record the data a split is scored on the first time; refuse changed data after that.
+
+        `dataset` is a fingerprint (with the other datasets columns as keywords: path,
+        n_examples, example_ids_sha256, format, grader) or an object carrying them (an
+        ExampleSet: path, format, grader, examples, fingerprint).
+        """
+        if isinstance(dataset, str):
+            row = {"fingerprint": dataset, **info}
+        else:
+            ids = [ex.example_id for ex in dataset.examples]
+            row = {"fingerprint": dataset.fingerprint, "path": str(dataset.path), "n_examples": len(ids),
+                   "example_ids_sha256": example_ids_sha256(ids), "format": dataset.format, "grader": dataset.grader, **info}
+        defaults = {"path": "", "n_examples": 0, "example_ids_sha256": "", "format": "", "grader": ""}
+        df = pd.DataFrame([{"split": split, **defaults, **row}])
+        validate("datasets", df, "datasets (to write)")
+        if self._same_dataset(split, row["fingerprint"]):  # checked before locking: a refused job writes nothing
+            return
+        with self._lock:
+            if not self._same_dataset(split, row["fingerprint"]):
+                self._append("datasets", df)
+
+    def _same_dataset(self, split: str, fingerprint: str) -> bool:
+        """True if the split is recorded with this fingerprint, False if not recorded; raises if it differs."""
+        known = self.read("datasets").set_index("split")["fingerprint"] if self.has("datasets") else {}
+        if split not in known:
+            return False
+        if known[split] != fingerprint:
+            raise InputError(
+                f"{self.path('datasets')}: the {split} data changed since this store was started "
+                f"(fingerprint {known[split][:12]}… ≠ {fingerprint[:12]}…); score into a new store"
+            )
+        return True
 
     def _write_atomic(self, path: Path, df: pd.DataFrame) -> None:
         with atomic_path(path) as tmp:  # readers see the old table or the new one
@@ -128,56 +216,17 @@ class ScoreStore:
         log.debug("wrote %s (%d rows)", path, len(df))
 
 
-def validate(table: str, df: pd.DataFrame, where: str) -> None:
-    """Check a table against the contract; raise InputError naming `where` and the row."""
-    spec = TABLES.get(table)
-    if spec is None:
-        return  # further tables (samples, probes) carry their own checks
-    required = list(spec.key) + [c for c in spec.ints + spec.floats if c not in spec.key]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise InputError(f"{where}: missing required column {missing[0]!r} (has: {', '.join(map(str, df.columns))})")
-    for col in required:
-        bad = df[col].isna().to_numpy()
-        if bad.any():
-            raise InputError(f"{where} row {int(np.argmax(bad))}: {col} is empty")
-    if df["run"].map(type).ne(str).any():
-        row = int(np.argmax(df["run"].map(type).ne(str).to_numpy()))
-        raise InputError(f"{where} row {row}: run must be a string, got {df['run'].iloc[row]!r}")
-    for col in spec.ints:
-        values = df[col].to_numpy()
-        if not pd.api.types.is_integer_dtype(df[col]):
-            as_float = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
-            bad = ~np.isfinite(as_float) | (as_float != np.round(as_float))
-            if bad.any():
-                row = int(np.argmax(bad))
-                raise InputError(f"{where} row {row}: {col} must be an integer, got {values[row]!r}")
-        neg = pd.to_numeric(df[col]).to_numpy() < 0
-        if neg.any():
-            row = int(np.argmax(neg))
-            raise InputError(f"{where} row {row}: {col} is negative ({values[row]})")
-    for col in spec.floats:
-        values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
-        bad = ~np.isfinite(values) | (values <= 0)
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise InputError(f"{where} row {row}: {col} must be a positive number, got {df[col].iloc[row]!r}")
-    if spec.counts:
-        over = df["n_correct"].to_numpy() > df["n_samples"].to_numpy()
-        if over.any():
-            row = int(np.argmax(over))
-            raise InputError(
-                f"{where} row {row}: n_correct ({df['n_correct'].iloc[row]}) > n_samples ({df['n_samples'].iloc[row]})"
-            )
-    dup = df.duplicated(list(spec.key), keep="first").to_numpy()
-    if dup.any():
-        row = int(np.argmax(dup))
-        key = ", ".join(f"{c}={df[c].iloc[row]!r}" for c in spec.key)
-        raise InputError(f"{where} row {row}: duplicate key ({key})")
-    if table == "runs" and "train_example_ids" in df.columns:
-        for row, ids in enumerate(df["train_example_ids"]):
-            if ids is None or (isinstance(ids, float) and np.isnan(ids)):
-                continue
-            arr = np.asarray(ids)
-            if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-                raise InputError(f"{where} row {row}: train_example_ids must be a list of integers")
+def _read_file(table: str, path: Path) -> pd.DataFrame:
+    try:
+        df = pq.read_table(path).to_pandas()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+    validate(table, df, str(path))
+    return df
+
+
+def _first_per_key(table: str, frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate validated frames, keeping the first row of each key."""
+    nonempty = [f for f in frames if len(f)] or frames[:1]
+    df = pd.concat(nonempty, ignore_index=True)
+    return df.drop_duplicates(list(TABLES[table].key), keep="first", ignore_index=True)

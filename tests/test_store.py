@@ -117,3 +117,211 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert store.path("train_scores").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+# -- parts: resumable units of work ----------------------------------------------------------
+
+KEY = ["run", "step", "example_id"]
+
+
+def _sorted(df):
+    return df.sort_values(KEY, ignore_index=True)
+
+
+def test_parts_are_read_with_the_main_table_first_row_per_key_wins(tmp_path):
+    _, train, _ = synthetic_tables()
+    store = ScoreStore(tmp_path, create=True)
+    store.write("train_scores", train.iloc[:100])
+    overlap = train.iloc[60:150].assign(n_correct=0)  # keys 60..99 are in the main table already
+    store.write_part("train_scores", "run=r.step=10.split=train.shard=00001", overlap)
+    later = train.iloc[140:].assign(n_correct=1)  # keys 140..149 are in the first part too
+    store.write_part("train_scores", "run=r.step=10.split=train.shard=00002", later)
+    assert store.parts("train_scores") == ["run=r.step=10.split=train.shard=00001", "run=r.step=10.split=train.shard=00002"]
+    assert store.has_part("train_scores", "run=r.step=10.split=train.shard=00001")
+    assert not store.has_part("train_scores", "run=r.step=10.split=train.shard=00003")
+    expected = pd.concat([train.iloc[:100], overlap.iloc[40:], later.iloc[10:]], ignore_index=True)
+    pd.testing.assert_frame_equal(_sorted(store.read("train_scores")), _sorted(expected))
+
+
+def test_a_store_of_parts_only_reads_and_writing_a_part_again_replaces_it(tmp_path):
+    _, train, test = synthetic_tables(n_runs=1)
+    store = ScoreStore(tmp_path, create=True)
+    assert not store.has("test_scores")
+    store.write_part("test_scores", "p1", test.iloc[:10])
+    assert store.has("test_scores") and not store.path("test_scores").exists()
+    store.write_part("test_scores", "p1", test.iloc[:10].assign(n_correct=0))  # a re-run shard
+    got = store.read("test_scores")
+    assert len(got) == 10 and (got["n_correct"] == 0).all()
+    assert list((tmp_path / "parts" / "test_scores").iterdir()) == [tmp_path / "parts" / "test_scores" / "p1.parquet"]
+
+
+def test_compact_merges_parts_and_is_idempotent(tmp_path):
+    _, train, _ = synthetic_tables()
+    store = ScoreStore(tmp_path, create=True)
+    store.write("train_scores", train.iloc[:50])
+    for i, start in enumerate(range(40, len(train), 30)):
+        store.write_part("train_scores", f"shard={i:05d}", train.iloc[start : start + 35])
+    before = _sorted(store.read("train_scores"))
+    assert store.compact("train_scores") == len(train) - 50
+    assert store.parts("train_scores") == []
+    pd.testing.assert_frame_equal(store.read("train_scores"), _sorted(train))
+    pd.testing.assert_frame_equal(before, _sorted(train))
+    mtime = store.path("train_scores").stat().st_mtime_ns
+    assert store.compact("train_scores") == 0  # nothing to do
+    assert store.path("train_scores").stat().st_mtime_ns == mtime
+
+
+def test_compact_without_a_main_table_writes_one(tmp_path):
+    _, _, test = synthetic_tables(n_runs=1)
+    store = ScoreStore(tmp_path, create=True)
+    store.write_part("test_scores", "b", test.iloc[30:])
+    store.write_part("test_scores", "a", test.iloc[:40])
+    assert store.compact("test_scores") == len(test)
+    pd.testing.assert_frame_equal(store.read("test_scores"), _sorted(test))
+
+
+def test_a_crash_between_compacting_and_deleting_parts_loses_nothing(tmp_path, monkeypatch):
+    import pathlib
+
+    _, train, _ = synthetic_tables()
+    store = ScoreStore(tmp_path, create=True)
+    store.write("train_scores", train.iloc[:100])
+    store.write_part("train_scores", "x1", train.iloc[80:200])
+    store.write_part("train_scores", "x2", train.iloc[200:])
+    real_unlink = pathlib.Path.unlink
+
+    def crash(self, *args, **kwargs):
+        if self.suffix == ".parquet" and "parts" in self.parts:
+            raise OSError("killed")
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", crash)
+    with pytest.raises(OSError, match="killed"):
+        store.compact("train_scores")
+    monkeypatch.undo()
+    # the main table holds everything; the parts are still there, and reading dedups them
+    assert len(pd.read_parquet(store.path("train_scores"))) == len(train)
+    assert store.parts("train_scores") == ["x1", "x2"]
+    pd.testing.assert_frame_equal(_sorted(store.read("train_scores")), _sorted(train))
+    mtime = store.path("train_scores").stat().st_mtime_ns
+    assert store.compact("train_scores") == 0  # only removes the leftovers
+    assert store.parts("train_scores") == [] and store.path("train_scores").stat().st_mtime_ns == mtime
+    pd.testing.assert_frame_equal(store.read("train_scores"), _sorted(train))
+
+
+def test_write_replaces_a_table_with_its_parts_and_append_sees_parts(tmp_path):
+    _, train, _ = synthetic_tables()
+    store = ScoreStore(tmp_path, create=True)
+    store.write_part("train_scores", "p", train.iloc[:30])
+    assert store.append("train_scores", train.iloc[:40]) == 10  # the part's 30 rows are stored already
+    store.write("train_scores", train.iloc[100:110])
+    assert store.parts("train_scores") == []
+    pd.testing.assert_frame_equal(store.read("train_scores"), train.iloc[100:110].reset_index(drop=True))
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "../up", "a/b", "a b", "x" * 201, "shard#1", "p.parquet\n"])
+def test_bad_part_names_are_rejected(tmp_path, name):
+    _, train, _ = synthetic_tables(n_runs=1, n_steps=1, n_examples=2)
+    store = ScoreStore(tmp_path, create=True)
+    with pytest.raises(InputError, match="part name"):
+        store.write_part("train_scores", name, train)
+    with pytest.raises(InputError, match="part name"):
+        store.has_part("train_scores", name)
+    assert not (tmp_path / "parts").exists() and not (tmp_path / "up.parquet").exists()
+
+
+def test_part_names_may_carry_keys_and_values(tmp_path):
+    _, train, _ = synthetic_tables(n_runs=1, n_steps=1, n_examples=2)
+    store = ScoreStore(tmp_path, create=True)
+    name = "run=my-run_2.step=10.split=train.shard=00003"
+    store.write_part("train_scores", name, train)
+    assert store.parts("train_scores") == [name]
+
+
+def test_bad_parts_are_rejected_on_write_and_named_on_read(tmp_path):
+    _, train, _ = synthetic_tables(n_runs=1, n_steps=1, n_examples=5)
+    store = ScoreStore(tmp_path, create=True)
+    with pytest.raises(InputError, match=r"train_scores part p1 \(to write\) row 3: n_correct"):
+        store.write_part("train_scores", "p1", train.assign(n_correct=train.n_correct.where(train.index != 3, 6)))
+    assert not store.has_part("train_scores", "p1")
+    with pytest.raises(InputError, match="parts need a table with a key"):
+        store.write_part("probes", "p1", train)
+    store.write_part("train_scores", "p2", train)
+    store.part_path("train_scores", "p3").write_bytes(b"not parquet")
+    with pytest.raises(InputError, match=r"parts/train_scores/p3\.parquet: not a readable Parquet file"):
+        store.read("train_scores")
+
+
+# -- the further tables ----------------------------------------------------------------------
+
+
+def _samples(n=4):
+    return pd.DataFrame(
+        {
+            "run": ["r1"] * n,
+            "step": [10] * n,
+            "split": ["train"] * n,
+            "example_id": [i // 2 for i in range(n)],
+            "sample": [i % 2 for i in range(n)],
+            "text": [f"so it is {i}" for i in range(n)],
+            "n_tokens": [4] * n,
+            "gold": ["1"] * n,
+            "answer_strict": [None if i == 0 else str(i) for i in range(n)],
+            "answer_flexible": [str(i) for i in range(n)],
+            "correct_strict": [i == 1 for i in range(n)],
+            "correct_flexible": [i == 1 for i in range(n)],
+        }
+    )
+
+
+def test_samples_table_roundtrips_through_parts(tmp_path):
+    store = ScoreStore(tmp_path, create=True)
+    store.write_part("samples", "run=r1.step=10.split=train.shard=00000", _samples())
+    store.compact("samples")
+    got = store.read("samples")
+    assert got["answer_strict"].isna().tolist() == [True, False, False, False]
+    assert got["correct_strict"].tolist() == [False, True, False, False] and got["text"].iloc[3] == "so it is 3"
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda df: df.drop(columns=["correct_flexible"]), "missing required column 'correct_flexible'"),
+        (lambda df: df.assign(text=[None, "a", "b", "c"]), "row 0: text is empty"),
+        (lambda df: df.assign(answer_strict=[None, 1, "2", "3"]), "row 1: answer_strict must be a string"),
+        (lambda df: df.assign(correct_strict=[True, "yes", False, True]), "row 1: correct_strict must be true or false"),
+        (lambda df: df.assign(sample=[0, 0, 0, 1]), r"duplicate key \(run='r1', step=10, split='train', example_id=0, sample=0\)"),
+        (lambda df: df.assign(split=["train", 3, "train", "train"]), "row 1: split must be a string"),
+    ],
+)
+def test_bad_samples_are_rejected(tmp_path, corrupt, message):
+    store = ScoreStore(tmp_path, create=True)
+    with pytest.raises(InputError, match=message):
+        store.write_part("samples", "p", corrupt(_samples()))
+
+
+def test_check_dataset_records_the_data_and_refuses_changed_data(tmp_path):
+    from types import SimpleNamespace
+
+    from premem.store import example_ids_sha256
+
+    store = ScoreStore(tmp_path, create=True)
+    examples = [SimpleNamespace(example_id=i) for i in (3, 1, 2)]
+    train = SimpleNamespace(path="data/train.jsonl", format="gsm8k", grader="gsm8k", examples=examples, fingerprint="a" * 64)
+    store.check_dataset("train", train)
+    store.check_dataset("train", train)  # a later job on the same data
+    store.check_dataset("test", "c" * 64, path="data/test.jsonl", n_examples=7, grader="math")
+    got = store.read("datasets").set_index("split")
+    assert list(got.index) == ["test", "train"]
+    assert got.loc["train", "n_examples"] == 3 and got.loc["train", "example_ids_sha256"] == example_ids_sha256([1, 2, 3])
+    assert got.loc["test", "grader"] == "math" and got.loc["test", "path"] == "data/test.jsonl"
+    changed = SimpleNamespace(**{**train.__dict__, "fingerprint": "b" * 64})
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    with pytest.raises(InputError) as e:
+        store.check_dataset("train", changed)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before  # a refused job writes nothing
+    assert str(e.value) == (
+        f"{store.path('datasets')}: the train data changed since this store was started "
+        f"(fingerprint {'a' * 12}… ≠ {'b' * 12}…); score into a new store"
+    )
+    assert len(store.read("datasets")) == 2

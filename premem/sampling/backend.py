@@ -1,0 +1,120 @@
+"""The small interface every sampling backend implements, and the registry that names them.
+
+A backend owns one loaded checkpoint and answers two questions about it:
+
+    generate(prompt_ids, params, seeds)   -> k sampled continuations per prompt
+    target_logprobs(prompt_ids, target_ids) -> summed log-probability of each gold target
+                                               under teacher forcing, and its token count
+
+Both take token ids, not text: the caller tokenizes once with the checkpoint's tokenizer
+(prompt with special tokens, target without, concatenated), so the two backends score the
+very same tokens and a perplexity means the same thing whichever produced it.
+
+Seeds are per prompt: sample j of prompt i must not depend on which other prompts share
+its batch, so a shard re-run after a crash reproduces the rows it lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from premem.errors import InputError
+
+
+@dataclass
+class SamplingParams:
+    """How answers are sampled (defaults: the paper's, DESIGN.md §1)."""
+
+    samples: int = 5
+    """k: answers sampled per query."""
+    temperature: float = 0.8
+    """Sampling temperature; 0 means greedy."""
+    top_p: float = 0.95
+    """Nucleus sampling mass."""
+    max_new_tokens: int = 256
+    """Longest answer generated."""
+    stop: list[str] = field(default_factory=lambda: ["\nDone."])
+    """Strings that end an answer (cut from the returned text)."""
+    seed: int = 2
+    """Base seed; each query's seed is derived from it, its example id and the checkpoint step."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str  # the generated answer, cut at the first stop string
+    n_tokens: int  # tokens generated (stop string included where the backend generated it)
+
+
+@dataclass(frozen=True)
+class TargetLogprob:
+    sum_logprob: float  # sum over target tokens of log p(token | prompt, earlier target tokens)
+    n_tokens: int
+
+    @property
+    def perplexity(self) -> float:
+        import math
+
+        return math.exp(-self.sum_logprob / self.n_tokens)
+
+
+class Backend(Protocol):
+    name: str
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[list[Completion]]:
+        """params.samples completions for each prompt; prompt i sampled with seeds[i]."""
+        ...
+
+    def target_logprobs(self, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> list[TargetLogprob]:
+        """Teacher-forced log-probability of each target given its prompt."""
+        ...
+
+    def close(self) -> None:
+        """Free the model (and the engine's memory) before the next checkpoint is loaded."""
+        ...
+
+
+@dataclass
+class BackendOptions:
+    """How a backend loads and runs a checkpoint."""
+
+    dtype: str = "float32"
+    """Weights' dtype: float32 (CPU default), bfloat16, float16."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, or cuda."""
+    threads: int = 1
+    """CPU threads per backend instance (torch / vLLM OMP threads)."""
+    batch_size: int = 16
+    """Prompts per forward batch (transformers backend)."""
+    max_model_len: int | None = None
+    """Context length to allocate (vLLM); default: the model's."""
+    gpu_memory_utilization: float = 0.85
+    """vLLM on GPU: fraction of GPU memory the engine may take."""
+    kv_cache_gib: float = 2.0
+    """vLLM on CPU: KV cache size in GiB."""
+    allow_pickle: bool = False
+    """Allow loading .bin/.pt (pickle) weights; by default only safetensors are loaded."""
+    trust_remote_code: bool = False
+    """Allow a checkpoint's own Python code to run (off unless you trust the checkpoint)."""
+
+
+def _hf(checkpoint, options):
+    from premem.sampling.hf import HFBackend
+
+    return HFBackend(checkpoint, options)
+
+
+def _vllm(checkpoint, options):
+    from premem.sampling.vllm_backend import VLLMBackend
+
+    return VLLMBackend(checkpoint, options)
+
+
+# name -> constructor(checkpoint, options). Imports are deferred: vLLM is an optional extra.
+BACKENDS: dict[str, Callable] = {"hf": _hf, "vllm": _vllm}
+
+
+def make_backend(name: str, checkpoint, options: BackendOptions) -> Backend:
+    if name not in BACKENDS:
+        raise InputError(f"backend: unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+    return BACKENDS[name](checkpoint, options)

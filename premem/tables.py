@@ -1,0 +1,131 @@
+"""The score store's tables: which columns each must have, and the checks a table must pass.
+
+DESIGN.md §3 fixes runs, train_scores and test_scores; samples and datasets are premem
+score's own (see premem.store). Every table has a key, the columns that identify a row;
+`validate` raises InputError with one line naming the file (or what was being written)
+and the first bad row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from premem.errors import InputError
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    key: tuple[str, ...]  # columns that identify a row; unique within the table
+    ints: tuple[str, ...] = ()  # required non-negative integer columns
+    floats: tuple[str, ...] = ()  # required positive float columns
+    counts: bool = False  # has n_samples / n_correct to check against each other
+    strs: tuple[str, ...] = ("run",)  # required string columns
+    nullable_strs: tuple[str, ...] = ()  # required columns holding a string or null
+    bools: tuple[str, ...] = ()  # required true/false columns
+
+    @property
+    def required(self) -> list[str]:
+        cols = self.key + self.ints + self.floats + self.strs + self.nullable_strs + self.bools
+        return list(dict.fromkeys(cols))
+
+
+SCORE_KEY = ("run", "step", "example_id")
+SCORE_INTS = ("step", "example_id", "n_samples", "n_correct")
+TABLES: dict[str, TableSpec] = {
+    "runs": TableSpec(key=("run",)),
+    "train_scores": TableSpec(SCORE_KEY, ints=SCORE_INTS, floats=("perplexity",), counts=True),
+    "test_scores": TableSpec(SCORE_KEY, ints=SCORE_INTS, counts=True),
+    "samples": TableSpec(
+        ("run", "step", "split", "example_id", "sample"),
+        ints=("step", "example_id", "sample", "n_tokens"),
+        strs=("run", "split", "text"),
+        nullable_strs=("answer_strict", "answer_flexible"),
+        bools=("correct_strict", "correct_flexible"),
+    ),
+    "datasets": TableSpec(
+        ("split",), ints=("n_examples",), strs=("split", "path", "fingerprint", "example_ids_sha256", "format", "grader")
+    ),
+}
+
+
+def example_ids_sha256(ids) -> str:
+    """sha256 of the sorted example ids, one per line: the datasets table's example_ids_sha256."""
+    return hashlib.sha256("".join(f"{int(i)}\n" for i in sorted(ids)).encode()).hexdigest()
+
+
+def validate(table: str, df: pd.DataFrame, where: str) -> None:
+    """Check a table against the contract; raise InputError naming `where` and the row."""
+    spec = TABLES.get(table)
+    if spec is None:
+        return  # further tables without a spec (probes) carry their own checks
+    required = spec.required
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise InputError(f"{where}: missing required column {missing[0]!r} (has: {', '.join(map(str, df.columns))})")
+    for col in required:
+        bad = df[col].isna().to_numpy()
+        if bad.any() and col not in spec.nullable_strs:
+            raise InputError(f"{where} row {int(np.argmax(bad))}: {col} is empty")
+    for col in spec.strs + spec.nullable_strs:
+        bad = _not_str(df[col]) & (df[col].notna().to_numpy() if col in spec.nullable_strs else True)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise InputError(f"{where} row {row}: {col} must be a string, got {df[col].iloc[row]!r}")
+    for col in spec.bools:
+        if not pd.api.types.is_bool_dtype(df[col]):
+            bad = ~df[col].map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise InputError(f"{where} row {row}: {col} must be true or false, got {df[col].iloc[row]!r}")
+    for col in spec.ints:
+        values = df[col].to_numpy()
+        if not pd.api.types.is_integer_dtype(df[col]):
+            as_float = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+            bad = ~np.isfinite(as_float) | (as_float != np.round(as_float))
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise InputError(f"{where} row {row}: {col} must be an integer, got {values[row]!r}")
+        neg = pd.to_numeric(df[col]).to_numpy() < 0
+        if neg.any():
+            row = int(np.argmax(neg))
+            raise InputError(f"{where} row {row}: {col} is negative ({values[row]})")
+    for col in spec.floats:
+        values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(values) | (values <= 0)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise InputError(f"{where} row {row}: {col} must be a positive number, got {df[col].iloc[row]!r}")
+    if spec.counts:
+        over = df["n_correct"].to_numpy() > df["n_samples"].to_numpy()
+        if over.any():
+            row = int(np.argmax(over))
+            raise InputError(
+                f"{where} row {row}: n_correct ({df['n_correct'].iloc[row]}) > n_samples ({df['n_samples'].iloc[row]})"
+            )
+    dup = df.duplicated(list(spec.key), keep="first").to_numpy()
+    if dup.any():
+        row = int(np.argmax(dup))
+        key = ", ".join(f"{c}={_py(df[c].iloc[row])!r}" for c in spec.key)
+        raise InputError(f"{where} row {row}: duplicate key ({key})")
+    if table == "runs" and "train_example_ids" in df.columns:
+        for row, ids in enumerate(df["train_example_ids"]):
+            if ids is None or (isinstance(ids, float) and np.isnan(ids)):
+                continue
+            arr = np.asarray(ids)
+            if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+                raise InputError(f"{where} row {row}: train_example_ids must be a list of integers")
+
+
+def _not_str(col: pd.Series) -> np.ndarray:
+    if isinstance(col.dtype, pd.StringDtype):
+        return np.zeros(len(col), dtype=bool)  # every non-null value is a str
+    return ~col.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+
+
+def _py(value):
+    """A numpy scalar as the Python value it holds, for messages (10, not np.int64(10))."""
+    return value.item() if isinstance(value, np.generic) else value
