@@ -125,6 +125,44 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- score / regrade ---------------------------------------------------------------------------
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from premem.config import load_config
+    from premem.sampling.job import ScoreConfig, score
+
+    overrides = []
+    for key, value in [("run", args.run), ("store", args.store), ("train.path", args.train), ("test.path", args.test),
+                       ("backend", args.backend), ("sampling.samples", args.samples), ("actors", args.actors),
+                       ("address", args.address), ("run_name", args.run_name)]:
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.allow_pickle:
+        overrides.append("options.allow_pickle=true")
+    if args.trust_remote_code:
+        overrides.append("options.trust_remote_code=true")
+    cfg = load_config(ScoreConfig, args.config, overrides + list(args.overrides))
+    if not cfg.run:
+        raise InputError("score: say which run to score (--run RUN_DIR)")
+    summary = score(cfg)
+    print(
+        f"{summary.run}: {len(summary.checkpoints)} checkpoints (steps {', '.join(map(str, summary.checkpoints))}); "
+        f"{summary.tasks_run} tasks run, {summary.tasks_skipped} already done, {summary.retries} retried; "
+        f"{summary.generated_tokens} tokens generated in {summary.seconds:.1f} s -> {cfg.store}"
+    )
+    return 0
+
+
+def cmd_regrade(args: argparse.Namespace) -> int:
+    from premem.sampling.regrade import regrade
+    from premem.store import ScoreStore
+
+    changed = regrade(ScoreStore(args.store), args.grader, args.count)
+    print(f"regraded {args.store}: strict grades changed per split: {changed}")
+    return 0
+
+
 # -- the parser --------------------------------------------------------------------------------
 
 
@@ -176,6 +214,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. fields.question=query")
     p.set_defaults(func=cmd_data_check)
+
+    p = verbs.add_parser(
+        "score",
+        help="sample and score every checkpoint of a run into a score store",
+        description="For every checkpoint of a run: the gold target's perplexity for each training example and "
+        "k graded samples per training and test query, on Ray actors running vLLM or transformers. "
+        "A killed job resumes where it stopped. Settings: --config YAML and/or KEY=VALUE overrides "
+        "(e.g. sampling.temperature=0.8 sampling.max_new_tokens=256 shard_size=64 options.threads=1).",
+    )
+    p.add_argument("--config", help="YAML score config (see configs/score/)")
+    p.add_argument("--run", help="run directory (checkpoint-<step>/ folders, a model folder, LoRA adapters, .gguf files)")
+    p.add_argument("--train", help="training data (file or dataset directory)")
+    p.add_argument("--test", help="test data (optional)")
+    p.add_argument("--store", help="score store directory to write (resumed if it exists)")
+    p.add_argument("--backend", choices=["hf", "vllm"], help="sampling backend (default hf)")
+    p.add_argument("--samples", type=int, help="k: answers sampled per query (default 5)")
+    p.add_argument("--actors", type=int, help="Ray sampler actors (default 1)")
+    p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--run-name", dest="run_name", help="name of the run in the store (default: the directory name)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin/.pt) weights")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code to run")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(func=cmd_score)
+
+    p = verbs.add_parser("regrade", help="re-grade stored samples (no sampling) and recompute the score tables")
+    p.add_argument("--store", required=True, help="score store written by premem score")
+    p.add_argument("--grader", choices=["gsm8k", "math"], help="grader to apply (default: the one recorded per split)")
+    p.add_argument("--count", choices=["strict", "flexible"], default="strict", help="extraction that counts as correct")
+    p.set_defaults(func=cmd_regrade)
 
     return parser
 

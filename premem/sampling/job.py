@@ -1,0 +1,277 @@
+"""`premem score`: sample and score every checkpoint of a finetuning run into a score store.
+
+For each checkpoint: the gold target's perplexity for every training example (teacher
+forcing), and k graded samples for every training and test query. The work is cut into
+tasks of one checkpoint x one split x one shard of examples and handed to Ray actors.
+
+Resuming is by construction: every finished task is written as its own part of the store
+(atomic rename), and a restarted job skips the tasks whose parts exist. A query's sampling
+seed is derived from (seed, step, split, example id) alone, so a task re-run after a crash
+gives exactly the rows it would have given; the final tables equal an uninterrupted run's.
+
+Everything that can be wrong with the input is checked before the first task starts:
+no checkpoints, a checkpoint whose tokenizer differs, a prompt longer than the model's
+context, data whose ids changed since the store was started.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from premem.data import DataConfig, Example, get_grader, get_template, load_example_set
+from premem.data.examples import ExampleSet
+from premem.errors import InputError
+from premem.sampling.backend import BackendOptions, SamplingParams
+from premem.sampling.checkpoints import (
+    Checkpoint,
+    check_same_tokenizer,
+    find_checkpoints,
+    load_config,
+    load_tokenizer,
+)
+from premem.store import ScoreStore
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class ScoreConfig:
+    """What `premem score` scores, with which backend, and where it writes."""
+
+    run: str = ""
+    """Run directory: checkpoint-<step>/ folders, a final model, LoRA adapters or .gguf files."""
+    store: str = ""
+    """Score store directory to write (created if missing; a re-run resumes it)."""
+    train: DataConfig = field(default_factory=DataConfig)
+    """Training data: every example gets its gold perplexity and k samples per checkpoint."""
+    test: DataConfig | None = None
+    """Test data: k samples per query per checkpoint (optional)."""
+    run_name: str | None = None
+    """Name of the run in the store (default: the run directory's name)."""
+    base_model: str | None = None
+    """Base model for LoRA adapters (default: what adapter_config.json names)."""
+    backend: str = "hf"
+    """hf (transformers) or vllm."""
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    """How answers are sampled."""
+    options: BackendOptions = field(default_factory=BackendOptions)
+    """How a backend loads and runs a checkpoint."""
+    template: str = "paper"
+    """Prompt template: paper (question + "\\nAnswer:") or chat (the tokenizer's chat template)."""
+    count: str = "strict"
+    """Which extraction counts a sample correct in n_correct: strict (#### / \\boxed) or flexible."""
+    shard_size: int = 64
+    """Examples per task; a killed job loses at most one task per actor."""
+    actors: int = 1
+    """Ray sampler actors (one per GPU; on CPU each takes options.threads cores)."""
+    gpus_per_actor: float = 0.0
+    """GPUs per actor (set 1 on a GPU machine)."""
+    address: str | None = None
+    """Ray cluster address to join (default: start a local Ray)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class ScoreSummary:
+    run: str
+    checkpoints: list[int]
+    tasks_total: int
+    tasks_run: int
+    tasks_skipped: int
+    retries: int
+    generated_tokens: int
+    seconds: float
+
+
+def query_seed(seed: int, step: int, split: str, example_id: int) -> int:
+    """A query's sampling seed: a function of these four alone, never of batching or order."""
+    return int(np.random.SeedSequence([seed, step, SPLITS.index(split), example_id]).generate_state(1)[0] >> 1)
+
+
+def score(cfg: ScoreConfig) -> ScoreSummary:
+    """Score every checkpoint of cfg.run into cfg.store. Resumes a store it has written before."""
+    if cfg.count not in ("strict", "flexible"):
+        raise InputError(f"count: expected strict or flexible, got {cfg.count!r}")
+    if not cfg.store:
+        raise InputError("store: say where to write the scores (--store DIR)")
+    checkpoints = find_checkpoints(cfg.run, cfg.run_name, cfg.base_model, allow_pickle=cfg.options.allow_pickle)
+    run = checkpoints[0].run
+    data = {"train": load_example_set(cfg.train)}
+    if cfg.test is not None and cfg.test.path:
+        data["test"] = load_example_set(cfg.test)
+
+    tokenizer = check_tokenizers(checkpoints, cfg.options)
+    template = get_template(cfg.template, tokenizer)
+    context = context_length(load_config(checkpoints[0], cfg.options))
+    encoded = {split: encode(ds, template, tokenizer, context, cfg.sampling, split) for split, ds in data.items()}
+
+    store = ScoreStore(cfg.store, create=True)
+    for split, ds in data.items():
+        store.check_dataset(split, ds)
+    stop = cfg.sampling.stop if cfg.sampling.stop is not None else template.stop
+    params = SamplingParams(**{**cfg.sampling.__dict__, "stop": list(stop)})
+
+    scored = {split: stored_keys(store, score_table(split)) for split in data}
+    tasks = [t for c in checkpoints for split in data for t in make_tasks(c, split, encoded[split], params, cfg.shard_size)]
+    todo = [t for t in tasks if not task_done(t, scored)]
+    log.info("%s: %d checkpoints, %d tasks, %d already done", run, len(checkpoints), len(tasks), len(tasks) - len(todo))
+    store.append("runs", pd.DataFrame({"run": [run], "path": [str(Path(cfg.run).resolve())], "backend": [cfg.backend]}))
+
+    start = time.perf_counter()
+    tokens = 0
+    graders = {split: get_grader(ds.grader) for split, ds in data.items()}
+    answers = {split: {ex.example_id: ex.answer for ex in ds.examples} for split, ds in data.items()}
+    bar = tqdm(total=len(todo), desc=f"scoring {run}", unit="shard", disable=not cfg.progress)
+
+    def on_result(result) -> None:
+        nonlocal tokens
+        split = result.task.split
+        samples, scores = result_tables(result, graders[split], answers[split], cfg.count)
+        store.write_part("samples", result.task.part, samples)  # first: the scores part marks the task done
+        store.write_part(score_table(split), result.task.part, scores)
+        tokens += int(samples["n_tokens"].sum())
+        bar.update(1)
+        bar.set_postfix(step=result.task.checkpoint.step, tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+
+    retries = 0
+    if todo:
+        from premem.sampling.actors import ray_init, run_tasks, start_actors
+
+        ray_init(cfg.address)
+        actors = start_actors(max(1, min(cfg.actors, len(todo))), cfg.backend, cfg.options, params, cfg.gpus_per_actor)
+        retries = run_tasks(actors, todo, on_result)
+    bar.close()
+    for table in ("samples", "train_scores", "test_scores"):
+        store.compact(table)
+    return ScoreSummary(
+        run, [c.step for c in checkpoints], len(tasks), len(todo), len(tasks) - len(todo), retries, tokens,
+        time.perf_counter() - start,
+    )
+
+
+def score_table(split: str) -> str:
+    return f"{split}_scores"
+
+
+def stored_keys(store: ScoreStore, table: str) -> set[tuple[str, int, int]]:
+    """(run, step, example_id) of every stored score row, compacted or still in parts."""
+    if not store.has(table):
+        return set()
+    df = store.read(table)
+    return set(zip(df["run"], df["step"].astype(int), df["example_id"].astype(int)))
+
+
+def task_done(task, scored: dict[str, set]) -> bool:
+    """A task is done when all its score rows are stored (its samples are written before them)."""
+    c = task.checkpoint
+    return all((c.run, c.step, e) in scored[task.split] for e in task.example_ids)
+
+
+# -- preparing the work ----------------------------------------------------------------------
+
+
+def check_tokenizers(checkpoints: list[Checkpoint], options: BackendOptions):
+    """Every checkpoint must tokenize alike: the scores of a run are compared across them."""
+    tokenizers = [load_tokenizer(c, options) for c in checkpoints]
+    check_same_tokenizer(checkpoints, tokenizers)
+    return tokenizers[0]
+
+
+def context_length(config) -> int:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    raise InputError(f"{config.name_or_path}: cannot tell the model's context length from its config")
+
+
+@dataclass
+class Encoded:
+    examples: list[Example]
+    prompt_ids: list[list[int]]
+    target_ids: list[list[int]] | None
+    max_new_tokens: list[int]
+
+
+def encode(ds: ExampleSet, template, tokenizer, context: int, params: SamplingParams, split: str) -> Encoded:
+    """Tokenize prompts (with special tokens) and targets (without), and check they fit."""
+    chat = getattr(template, "tokenizer", None) is not None  # chat prompts carry their own special tokens
+    prompts, targets, caps = [], [], []
+    for ex in ds.examples:
+        r = template.render(ex)
+        p = tokenizer(r.prompt, add_special_tokens=not chat)["input_ids"]
+        t = tokenizer(r.target, add_special_tokens=False)["input_ids"]
+        need = len(p) + (len(t) if split == "train" else 1)
+        if need > context:
+            what = "prompt and gold target" if split == "train" else "prompt"
+            raise InputError(
+                f"{ds.path} example {ex.example_id}: {what} take {need} tokens, more than the model's context "
+                f"of {context}; shorten it or drop the example"
+            )
+        prompts.append(p)
+        targets.append(t)
+        caps.append(max(1, min(params.max_new_tokens, context - len(p))))
+    return Encoded(ds.examples, prompts, targets if split == "train" else None, caps)
+
+
+def make_tasks(c: Checkpoint, split: str, enc: Encoded, params: SamplingParams, shard_size: int):
+    from premem.sampling.actors import Task
+
+    if shard_size < 1:
+        raise InputError(f"shard_size: expected a positive integer, got {shard_size}")
+    order = sorted(range(len(enc.examples)), key=lambda i: enc.examples[i].example_id)
+    for shard, start in enumerate(range(0, len(order), shard_size)):
+        idx = order[start : start + shard_size]
+        ids = [enc.examples[i].example_id for i in idx]
+        yield Task(
+            checkpoint=c,
+            split=split,
+            shard=shard,
+            example_ids=ids,
+            prompt_ids=[enc.prompt_ids[i] for i in idx],
+            target_ids=None if enc.target_ids is None else [enc.target_ids[i] for i in idx],
+            seeds=[query_seed(params.seed, c.step, split, e) for e in ids],
+            max_new_tokens=[enc.max_new_tokens[i] for i in idx],
+        )
+
+
+# -- turning results into rows ---------------------------------------------------------------
+
+
+def result_tables(result, grader, answers: dict[int, str], count: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The samples rows (one per sample, texts kept for regrading) and the score rows of a task."""
+    t = result.task
+    rows = []
+    for ex_id, comps in zip(t.example_ids, result.completions):
+        gold = answers[ex_id]
+        for j, comp in enumerate(comps):
+            g = grader.grade(comp.text, gold)
+            rows.append((t.checkpoint.run, t.checkpoint.step, t.split, ex_id, j, comp.text, comp.n_tokens, gold,
+                         g.strict_answer, g.flexible_answer, g.strict_correct, g.flexible_correct))
+    samples = pd.DataFrame(rows, columns=["run", "step", "split", "example_id", "sample", "text", "n_tokens", "gold",
+                                          "answer_strict", "answer_flexible", "correct_strict", "correct_flexible"])
+    return samples, scores_from_samples(samples, count, result.targets, t.example_ids)
+
+
+def scores_from_samples(samples: pd.DataFrame, count: str, targets=None, example_ids=None) -> pd.DataFrame:
+    """Aggregate sample rows into score rows: n_samples, n_correct, n_unparsed (+ perplexity)."""
+    answer = samples[f"answer_{count}"]
+    scores = (
+        samples.assign(correct=samples[f"correct_{count}"].astype(int), unparsed=answer.isna().astype(int))
+        .groupby(["run", "step", "example_id"], as_index=False, sort=True)
+        .agg(n_samples=("sample", "size"), n_correct=("correct", "sum"), n_unparsed=("unparsed", "sum"))
+    )
+    if targets is not None:
+        ppl = {e: (tl.perplexity, tl.n_tokens) for e, tl in zip(example_ids, targets)}
+        scores["perplexity"] = scores["example_id"].map(lambda e: ppl[e][0])
+        scores["n_target_tokens"] = scores["example_id"].map(lambda e: ppl[e][1])
+    return scores

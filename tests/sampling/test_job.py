@@ -1,0 +1,202 @@
+"""premem score end to end: real tiny Llama checkpoints, real Ray actors, the transformers backend.
+
+The resume and actor-failure tests compare whole tables with an uninterrupted run's,
+not row counts: same seeds must give the same rows, none lost, none duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from premem.data import DataConfig
+from premem.errors import InputError
+from premem.sampling.backend import BackendOptions, SamplingParams
+from premem.sampling.job import ScoreConfig, score
+from premem.store import ScoreStore
+from tests.conftest import SHARED
+
+N_TRAIN, N_TEST = 12, 6
+TABLES = ("train_scores", "test_scores", "samples")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A run with two checkpoints of a tiny Llama, and small GSM8K train/test files."""
+    from premem.train.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("job")
+    lines = (SHARED / "gsm8k" / "train.jsonl").read_text().splitlines()
+    (root / "train.jsonl").write_text("\n".join(lines[:N_TRAIN]) + "\n")
+    (root / "test.jsonl").write_text("\n".join(lines[100 : 100 + N_TEST]) + "\n")
+    texts = [json.loads(line)["question"] + " " + json.loads(line)["answer"] for line in lines[:300]]
+    first = build_tiny_model(texts, root / "run" / "checkpoint-10", seed=0)
+    second = build_tiny_model(texts, root / "run" / "checkpoint-20", seed=1)
+    assert first.exists() and second.exists()
+    return root
+
+
+def config(workdir: Path, store: Path, **kw) -> ScoreConfig:
+    return ScoreConfig(
+        run=str(workdir / "run"),
+        store=str(store),
+        train=DataConfig(path=str(workdir / "train.jsonl")),
+        test=DataConfig(path=str(workdir / "test.jsonl")),
+        sampling=SamplingParams(samples=2, max_new_tokens=12),
+        options=BackendOptions(threads=1, batch_size=8),
+        shard_size=3,
+        progress=False,
+        **kw,
+    )
+
+
+def tables(store_dir: Path) -> dict[str, pd.DataFrame]:
+    store = ScoreStore(store_dir)
+    out = {}
+    for t in TABLES:
+        df = store.read(t)
+        key = [c for c in ("run", "step", "split", "example_id", "sample") if c in df.columns]
+        out[t] = df.sort_values(key, ignore_index=True)
+    return out
+
+
+def assert_same_tables(a: dict, b: dict) -> None:
+    for t in TABLES:
+        pd.testing.assert_frame_equal(a[t], b[t], check_exact=True, obj=t)
+
+
+@pytest.fixture(scope="module")
+def reference(workdir):
+    """One uninterrupted run: the tables every other run must reproduce."""
+    summary = score(config(workdir, workdir / "reference"))
+    assert summary.tasks_run == summary.tasks_total == 2 * (4 + 2)
+    return tables(workdir / "reference")
+
+
+@pytest.mark.slow
+def test_score_writes_complete_tables(reference):
+    train, test, samples = reference["train_scores"], reference["test_scores"], reference["samples"]
+    assert len(train) == 2 * N_TRAIN and len(test) == 2 * N_TEST
+    assert len(samples) == 2 * (N_TRAIN + N_TEST) * 2
+    assert set(train["step"]) == {10, 20} and (train["n_samples"] == 2).all()
+    assert (train["perplexity"] > 1).all() and (train["n_target_tokens"] > 10).all()
+    # the random-init checkpoints differ, so do their perplexities
+    assert not train[train.step == 10]["perplexity"].reset_index(drop=True).equals(
+        train[train.step == 20]["perplexity"].reset_index(drop=True)
+    )
+    assert samples["text"].str.len().gt(0).any()
+
+
+@pytest.mark.slow
+def test_rerun_on_a_finished_store_does_nothing(workdir, reference):
+    summary = score(config(workdir, workdir / "reference"))
+    assert summary.tasks_run == 0 and summary.tasks_skipped == 12
+    assert_same_tables(tables(workdir / "reference"), reference)
+
+
+@pytest.mark.slow
+def test_killed_job_resumes_to_the_same_tables(workdir, reference, tmp_path):
+    store = tmp_path / "store"
+    cmd = [
+        sys.executable, "-m", "premem.cli", "score", "--run", str(workdir / "run"), "--store", str(store),
+        "--train", str(workdir / "train.jsonl"), "--test", str(workdir / "test.jsonl"), "--samples", "2",
+        "sampling.max_new_tokens=12", "options.threads=1", "options.batch_size=8", "shard_size=3", "progress=false",
+    ]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    parts = store / "parts" / "train_scores"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (parts.exists() and len(list(parts.glob("*.parquet"))) >= 2):
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+    proc.wait()
+    done_before = len(list(parts.glob("*.parquet")))
+    assert 2 <= done_before < 8, "the job should have been killed part-way"
+
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_tables(tables(store), reference)
+
+
+@pytest.mark.slow
+def test_actor_killed_mid_task_is_retried(workdir, reference, tmp_path):
+    store = tmp_path / "store"
+    killed = []
+
+    def kill_an_actor():
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            for p in psutil.process_iter(["pid", "cmdline"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if "SamplerActor.run" in cmd:
+                    os.kill(p.info["pid"], signal.SIGKILL)
+                    killed.append(p.info["pid"])
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_an_actor)
+    killer.start()
+    summary = score(config(workdir, store, actors=2))
+    killer.join()
+    assert killed, "no actor was seen running a task"
+    assert summary.retries >= 1
+    assert_same_tables(tables(store), reference)
+
+
+def test_run_folder_without_checkpoints(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "train.jsonl").write_text('{"question": "q", "answer": "a #### 1"}\n')
+    cfg = ScoreConfig(run=str(tmp_path / "run"), store=str(tmp_path / "store"), train=DataConfig(path=str(tmp_path / "train.jsonl")))
+    with pytest.raises(InputError, match="no checkpoints"):
+        score(cfg)
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.slow
+def test_prompt_longer_than_the_context(workdir, tmp_path):
+    long = {"question": "How many? " * 400, "answer": "It is 3.\n#### 3"}
+    (tmp_path / "train.jsonl").write_text(json.dumps(long) + "\n")
+    cfg = config(workdir, tmp_path / "store")
+    cfg.train = DataConfig(path=str(tmp_path / "train.jsonl"))
+    with pytest.raises(InputError, match="example 0: prompt and gold target take .* tokens, more than the model's context of 512"):
+        score(cfg)
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.slow
+def test_data_changed_since_the_store_was_started(workdir, reference, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(workdir / "reference", store)
+    lines = (workdir / "train.jsonl").read_text().splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[1:]) + "\n")  # every id shifts by one
+    cfg = config(workdir, store)
+    cfg.train = DataConfig(path=str(tmp_path / "train.jsonl"))
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+    with pytest.raises(InputError, match="train data changed since this store was started"):
+        score(cfg)
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_checkpoint_with_a_different_tokenizer(workdir, tmp_path):
+    from premem.train.tiny import build_tiny_model
+
+    run = tmp_path / "run"
+    shutil.copytree(workdir / "run" / "checkpoint-10", run / "checkpoint-10")
+    build_tiny_model(["completely different text " * 20, "another line of it"], run / "checkpoint-20", vocab_size=300)
+    cfg = config(workdir, tmp_path / "store")
+    cfg.run = str(run)
+    with pytest.raises(InputError, match="checkpoint-20"):
+        score(cfg)
+    assert not (tmp_path / "store").exists()
