@@ -200,3 +200,21 @@ def test_checkpoint_with_a_different_tokenizer(workdir, tmp_path):
     with pytest.raises(InputError, match="checkpoint-20"):
         score(cfg)
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.slow
+def test_regrade_reapplies_the_grader_without_sampling(workdir, reference, tmp_path):
+    from premem.sampling.regrade import regrade
+
+    store_dir = tmp_path / "store"
+    shutil.copytree(workdir / "reference", store_dir)
+    store = ScoreStore(store_dir)
+    assert regrade(store) == {"test": 0, "train": 0}  # same grader, same counting: same tables
+    assert_same_tables(tables(store_dir), reference)
+    regrade(store, count="flexible")
+    flexible = tables(store_dir)
+    for t in ("train_scores", "test_scores"):
+        assert (flexible[t]["n_correct"] >= reference[t]["n_correct"]).all()
+        expected = reference["samples"].query(f"split == '{t.split('_')[0]}'").groupby(["run", "step", "example_id"])["correct_flexible"].sum()
+        assert flexible[t].set_index(["run", "step", "example_id"])["n_correct"].equals(expected.astype(int).rename("n_correct"))
+    pd.testing.assert_series_equal(flexible["train_scores"]["perplexity"], reference["train_scores"]["perplexity"])
