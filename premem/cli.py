@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser(
         "check",
         help="load a dataset, grade its gold traces against their answers, optionally export canonical JSONL",
+        epilog="Any DataConfig field can be set as KEY=VALUE anywhere on the line, e.g. fields.question=query.",
         description="Load a dataset (JSONL, Parquet, CSV or a Hugging Face dataset directory; GSM8K, MATH, "
         "TRL prompt/completion, chat messages or preference rows) into canonical examples, checking every row, "
         "and grade each gold trace against its own final answer.",
@@ -212,15 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="read only the first N examples")
     p.add_argument("--out", metavar="FILE.jsonl", help="write the canonical examples here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. fields.question=query")
-    p.set_defaults(func=cmd_data_check)
+    p.set_defaults(func=cmd_data_check, overrides=[])
 
     p = verbs.add_parser(
         "score",
         help="sample and score every checkpoint of a run into a score store",
         description="For every checkpoint of a run: the gold target's perplexity for each training example and "
         "k graded samples per training and test query, on Ray actors running vLLM or transformers. "
-        "A killed job resumes where it stopped. Settings: --config YAML and/or KEY=VALUE overrides "
+        "A killed job resumes where it stopped. Settings: --config YAML and/or KEY=VALUE overrides anywhere on the line "
         "(e.g. sampling.temperature=0.8 sampling.max_new_tokens=256 shard_size=64 options.threads=1).",
     )
     p.add_argument("--config", help="YAML score config (see configs/score/)")
@@ -235,8 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", dest="run_name", help="name of the run in the store (default: the directory name)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin/.pt) weights")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code to run")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.set_defaults(func=cmd_score)
+    p.set_defaults(func=cmd_score, overrides=[])
 
     p = verbs.add_parser("regrade", help="re-grade stored samples (no sampling) and recompute the score tables")
     p.add_argument("--store", required=True, help="score store written by premem score")
@@ -248,7 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # KEY=VALUE overrides may sit anywhere among the options, so they are collected from
+    # what argparse leaves over rather than declared as a positional.
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if a.startswith("-") or "=" not in a]
+    if bad or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if hasattr(args, "overrides"):
+        args.overrides = list(extra)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -16,7 +16,7 @@ its batch, so a shard re-run after a crash reproduces the rows it lost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from premem.errors import InputError
@@ -34,8 +34,8 @@ class SamplingParams:
     """Nucleus sampling mass."""
     max_new_tokens: int = 256
     """Longest answer generated."""
-    stop: list[str] = field(default_factory=lambda: ["\nDone."])
-    """Strings that end an answer (cut from the returned text)."""
+    stop: list[str] | None = None
+    """Strings that end an answer (cut from the returned text); None: the prompt template's ("\nDone." for paper)."""
     seed: int = 2
     """Base seed; each query's seed is derived from it, its example id and the checkpoint step."""
 
