@@ -1,0 +1,257 @@
+"""The Hugging Face transformers backend: any causal LM transformers loads, on CPU or GPU.
+
+Scoring (`target_logprobs`) is one teacher-forced forward pass per batch: prompt + target
+right-padded, log_softmax in float32 at the target positions, the gold tokens' log-probs summed.
+
+Sampling (`generate`) is a small decoding loop of our own rather than `model.generate`, for
+three properties `generate` does not give:
+
+- Per-sample random streams. Sample j of prompt i draws its uniforms from its own generator,
+  seeded from (seeds[i], j), and picks a token by inverting the (top-p filtered) CDF. So a
+  sample depends on its prompt, its seed and the checkpoint, not on the batch it ran in: the
+  batch only enters through floating-point rounding (padding, batch shape), which changes a
+  token only when a drawn uniform lies within rounding error (~1e-6) of a boundary of the
+  CDF. In practice a shard re-run alone reproduces the samples it gave in any batch; exactly,
+  the same call (same prompts, seeds, params, batch_size, threads, device) gives the same
+  output bit for bit on CPU. (`generate` draws from torch's global RNG, shared by all rows.)
+- One prefill for the k samples: the prompts are prefilled once and the KV cache copied k
+  times (`generate` with num_return_sequences prefills every copy).
+- Rows leave the batch as soon as they finish (eos or a stop string), so a long answer does
+  not keep short ones computing.
+
+Greedy decoding (temperature 0) decodes each prompt once and repeats the answer k times.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from premem.errors import InputError
+from premem.sampling.backend import BackendOptions, Completion, SamplingParams, TargetLogprob
+
+
+class HFBackend:
+    name = "hf"
+
+    def __init__(self, checkpoint, options: BackendOptions):
+        from premem.sampling.checkpoints import load_model_and_tokenizer
+
+        torch.set_num_threads(options.threads)
+        self.options = options
+        self.model, self.tokenizer = load_model_and_tokenizer(checkpoint, options)
+        self.device = next(self.model.parameters()).device
+        tok = self.tokenizer
+        # pad positions are masked out, so any id will do when the tokenizer has no pad token
+        self.pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
+        self.eos_ids = _eos_ids(self.model, tok)
+        # ask the prefill for the last position's logits only, where the model supports it
+        self._keep_last = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
+    def close(self) -> None:
+        """Drop the model, so its memory is free before the next checkpoint loads. Idempotent."""
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def target_logprobs(self, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> list[TargetLogprob]:
+        if len(prompt_ids) != len(target_ids):
+            raise ValueError(f"{len(prompt_ids)} prompts but {len(target_ids)} targets")
+        for i, (p, t) in enumerate(zip(prompt_ids, target_ids)):
+            if not p or not t:
+                raise InputError(f"target_logprobs: input {i} has an empty {'prompt' if not p else 'target'}")
+        out: list[TargetLogprob | None] = [None] * len(prompt_ids)
+        seqs = [p + t for p, t in zip(prompt_ids, target_ids)]
+        # sorted by length, so a batch pads little; results go back to input order
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        for batch in _chunks(order, self.options.batch_size):
+            width = max(len(seqs[i]) for i in batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):  # right padding: real tokens keep positions 0..n-1
+                ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+                mask[row, : len(seqs[i])] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            for row, i in enumerate(batch):
+                p, t = len(prompt_ids[i]), len(target_ids[i])
+                # logits at position j predict token j+1: the target's tokens are predicted from p-1 .. p+t-2.
+                # float32 log_softmax row by row: a bf16 model's logits are not precise enough to sum,
+                # and a float32 copy of the whole batch's logits would be large for a big vocabulary
+                logp = logits[row, p - 1 : p + t - 1].float().log_softmax(-1)
+                gold = logp.gather(-1, ids[row, p : p + t, None]).squeeze(-1)
+                out[i] = TargetLogprob(float(gold.double().sum()), t)
+        return out
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[list[Completion]]:
+        if len(prompt_ids) != len(seeds):
+            raise ValueError(f"{len(prompt_ids)} prompts but {len(seeds)} seeds")
+        if any(not p for p in prompt_ids):
+            raise InputError("generate: a prompt is empty (it needs at least a BOS token)")
+        if params.temperature < 0 or not 0 < params.top_p <= 1:
+            raise InputError(f"sampling: need temperature >= 0 and 0 < top_p <= 1 (got {params.temperature}, {params.top_p})")
+        if params.max_new_tokens < 1:
+            return [[Completion("", 0)] * params.samples for _ in prompt_ids]
+        out: list[list[Completion] | None] = [None] * len(prompt_ids)
+        order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+        for batch in _chunks(order, self.options.batch_size):
+            answers = self._generate_batch([prompt_ids[i] for i in batch], params, [seeds[i] for i in batch])
+            for i, completions in zip(batch, answers):
+                out[i] = completions
+        return out
+
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[list[Completion]]:
+        k = params.samples
+        greedy = params.temperature == 0
+        copies = 1 if greedy else k  # greedy samples are all alike: decode once
+        rows = _Rows.prefill(self, prompts, copies)
+        streams = [_row_seed(s, j) for s in seeds for j in range(copies)]
+        # every row's uniforms drawn up front from its own generator, on the CPU: device-independent
+        n = params.max_new_tokens
+        uniforms = torch.stack(
+            [torch.rand(n, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in streams]
+        )
+        stop = _StopCheck(self.tokenizer, params.stop or [])
+        generated: list[list[int]] = [[] for _ in streams]
+        for step in range(params.max_new_tokens):
+            u = uniforms[rows.active, step].to(rows.logits.device)
+            tokens = _pick(rows.logits, u, params.temperature, params.top_p)
+            done = []
+            for a, (r, t) in enumerate(zip(rows.active.tolist(), tokens.tolist())):
+                generated[r].append(t)
+                if t in self.eos_ids or stop.hit(generated[r]):
+                    done.append(a)
+            if len(done) == len(tokens) or step == params.max_new_tokens - 1:
+                break
+            rows.step(tokens, done)
+        out = []
+        for b in range(len(prompts)):
+            answers = [self._completion(generated[b * copies + j], params.stop or []) for j in range(copies)]
+            out.append(answers * k if greedy else answers)
+        return out
+
+    def _completion(self, tokens: list[int], stop: list[str]) -> Completion:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return Completion(cut_at_stop(text, stop), len(tokens))
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    """text up to the earliest occurrence of any stop string."""
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
+@dataclass
+class _Rows:
+    """The rows being decoded: KV cache, attention mask, next positions, and last logits."""
+
+    backend: HFBackend
+    cache: object
+    mask: torch.Tensor  # (A, L) 1 where a real token sits in the cache
+    positions: torch.Tensor  # (A,) position id of the next token
+    logits: torch.Tensor  # (A, vocab) float32, the distribution of the next token
+    active: torch.Tensor  # (A,) which of the original rows these are
+
+    @classmethod
+    def prefill(cls, backend: HFBackend, prompts: list[list[int]], copies: int) -> _Rows:
+        width = max(map(len, prompts))
+        ids = torch.full((len(prompts), width), backend.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for b, p in enumerate(prompts):  # left padding: every prompt ends at the last column
+            ids[b, width - len(p) :] = torch.tensor(p)
+            mask[b, width - len(p) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens at 0..n-1 whatever the padding
+        ids, mask, positions = (x.to(backend.device) for x in (ids, mask, positions))
+        extra = {"logits_to_keep": 1} if backend._keep_last else {}
+        out = backend.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+        cache = out.past_key_values
+        logits = out.logits[:, -1].float()
+        if copies > 1:  # the k samples of a prompt share its prefill
+            cache.batch_repeat_interleave(copies)
+            mask, positions, logits = (x.repeat_interleave(copies, 0) for x in (mask, positions, logits))
+        active = torch.arange(len(prompts) * copies)
+        return cls(backend, cache, mask, positions[:, -1] + 1, logits, active)
+
+    def step(self, tokens: torch.Tensor, done: list[int]) -> None:
+        """Drop the finished rows, then run one decoding step on the others."""
+        if done:
+            keep = torch.tensor(sorted(set(range(len(tokens))) - set(done)), device=self.mask.device)
+            self.cache.batch_select_indices(keep)
+            self.mask, self.positions, tokens = self.mask[keep], self.positions[keep], tokens[keep]
+            self.active = self.active[keep.cpu()]
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.mask), 1))], dim=1)
+        out = self.backend.model(
+            input_ids=tokens[:, None],
+            attention_mask=self.mask,
+            position_ids=self.positions[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache = out.past_key_values
+        self.logits = out.logits[:, -1].float()
+        self.positions = self.positions + 1
+
+
+def _pick(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """One token per row: argmax when greedy, else the inverse CDF of the nucleus at uniform u."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    probs, index = probs.sort(dim=-1, descending=True, stable=True)  # stable: ties broken by token id
+    if top_p < 1.0:
+        # keep the most likely tokens until their mass reaches top_p (the one that crosses it included)
+        outside = probs.cumsum(-1) - probs >= top_p
+        outside[:, 0] = False  # the most likely token always stays, even at a tiny top_p
+        probs = probs.masked_fill(outside, 0.0)
+    cdf = probs.double().cumsum(-1)
+    choice = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).clamp(max=probs.shape[-1] - 1)
+    return index.gather(-1, choice).squeeze(-1)
+
+
+class _StopCheck:
+    """Has a row's text just grown a stop string? Decodes only the last few tokens of the row.
+
+    A stop string of c characters spans at most c tokens; two more tokens in front keep
+    decoders that drop a leading space from the first token (SentencePiece) from cutting it.
+    """
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.window = max((len(s) for s in self.stop), default=0) + 2
+
+    def hit(self, tokens: list[int]) -> bool:
+        if not self.stop:
+            return False
+        tail = self.tokenizer.decode(tokens[-self.window :], skip_special_tokens=True)
+        return any(s in tail for s in self.stop)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    """The tokenizer's eos and the model's generation-config eos ids (as vLLM stops on both)."""
+    ids = {tokenizer.eos_token_id}
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
+    return {i for i in ids if i is not None}
+
+
+def _row_seed(seed: int, sample: int) -> int:
+    """A 63-bit seed for sample `sample` of a query seeded `seed` (hashed: nearby seeds stay unrelated)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{sample}".encode()).digest()[:8], "little") >> 1
+
+
+def _chunks(items: list, size: int):
+    size = max(1, size)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,1 @@
+"""Training: tiny models built offline (`premem.train.tiny`) for tests and small benchmarks."""

@@ -1,0 +1,194 @@
+"""The two sampling backends on a real tiny Llama (trained briefly on GSM8K), no mocks.
+
+transformers first, then vLLM against it: the same perplexities (1e-3 relative), the same
+greedy answers, reproducible seeded sampling, stop strings cut. The vLLM engine starts once
+for the module (~30 s) and is shut down by the last test; the transformers reference results
+are computed before it starts, so the two never compete for the cores.
+"""
+
+from __future__ import annotations
+
+import json
+
+import psutil
+import pytest
+
+from premem.errors import InputError
+from premem.sampling.backend import BackendOptions, Completion, SamplingParams
+from premem.sampling.hf import HFBackend, cut_at_stop
+from tests.conftest import SHARED
+from tests.sampling.conftest import paper_prompt, paper_target
+
+N = 16  # GSM8K test questions
+MAX_NEW = 64
+SEEDS = list(range(1000, 1000 + N))
+OPTIONS = BackendOptions(threads=2, batch_size=8)  # 16 prompts: two batches, so batching is exercised
+GREEDY = SamplingParams(samples=3, temperature=0.0, max_new_tokens=MAX_NEW, stop=["\nDone."])
+SAMPLE = SamplingParams(samples=4, temperature=0.8, top_p=0.95, max_new_tokens=MAX_NEW, stop=["\nDone."])
+STOPS = ["=", "\n"]  # strings the tiny model's answers hold early on ("2*3=<<2*3=6>>6\n")
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_llama):
+    backend = HFBackend(tiny_llama, OPTIONS)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def pairs(hf):
+    """Token ids of N GSM8K prompts (with BOS) and gold targets (without), the paper's template."""
+    lines = (SHARED / "gsm8k" / "test.jsonl").read_text().splitlines()[:N]
+    rows = [json.loads(line) for line in lines]
+    tok = hf.tokenizer
+    prompts = [tok(paper_prompt(r["question"]))["input_ids"] for r in rows]
+    targets = [tok(paper_target(r["answer"]), add_special_tokens=False)["input_ids"] for r in rows]
+    assert all(p[0] == tok.bos_token_id for p in prompts)
+    return prompts, targets
+
+
+@pytest.fixture(scope="module")
+def hf_reference(hf, pairs):
+    """What vLLM must reproduce, computed before the engine starts."""
+    prompts, targets = pairs
+    return {"logprobs": hf.target_logprobs(prompts, targets), "greedy": hf.generate(prompts, GREEDY, SEEDS)}
+
+
+def rel(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+# -- shared checks ----------------------------------------------------------------------------
+
+
+def check_seeded_sampling(backend, prompts):
+    first = backend.generate(prompts, SAMPLE, SEEDS)
+    assert [len(c) for c in first] == [SAMPLE.samples] * N
+    assert first == backend.generate(prompts, SAMPLE, SEEDS), "same seeds, different samples"
+    # a prompt's samples depend on its own seed, not on the batch it ran in
+    assert first[:3] == backend.generate(prompts[:3], SAMPLE, SEEDS[:3])
+    assert first[5] == backend.generate([prompts[5]], SAMPLE, [SEEDS[5]])[0]
+    other = backend.generate(prompts, SAMPLE, [s + 1 for s in SEEDS])
+    assert all(a != b for a, b in zip(first, other)), "different seeds, same samples"
+    # the k samples of one prompt are different draws
+    assert all(len({c.text for c in samples}) > 1 for samples in first)
+    assert all(0 < c.n_tokens <= MAX_NEW for samples in first for c in samples)
+
+
+def check_stop_strings(backend, prompts):
+    greedy = SamplingParams(samples=1, temperature=0.0, max_new_tokens=MAX_NEW, stop=[])
+    free = backend.generate(prompts, greedy, SEEDS)
+    cut = backend.generate(prompts, SamplingParams(**{**greedy.__dict__, "stop": STOPS}), SEEDS)
+    stopped = 0
+    for [f], [c] in zip(free, cut):
+        assert c.text == cut_at_stop(f.text, STOPS)
+        assert not any(s in c.text for s in STOPS)
+        if c.text != f.text:
+            stopped += 1
+            assert c.n_tokens < f.n_tokens  # generation stopped there, not just the text
+    assert stopped >= N // 2, "the stop strings hardly occurred: the test proves little"
+
+
+# -- transformers -------------------------------------------------------------------------------
+
+
+def test_hf_batched_scoring_matches_one_by_one(hf, pairs, hf_reference):
+    prompts, targets = pairs
+    batched = hf_reference["logprobs"]
+    for p, t, b in zip(prompts, targets, batched):
+        [alone] = hf.target_logprobs([p], [t])
+        assert alone.n_tokens == b.n_tokens == len(t)
+        assert rel(b.sum_logprob, alone.sum_logprob) < 1e-5
+        assert rel(b.perplexity, alone.perplexity) < 1e-5
+    # a trained model: the gold targets are far likelier than uniform over the vocabulary
+    vocab = len(hf.tokenizer)
+    assert all(1 < b.perplexity < vocab / 4 for b in batched)
+
+
+def test_hf_greedy(hf_reference):
+    for samples in hf_reference["greedy"]:
+        assert len(samples) == GREEDY.samples and len(set(samples)) == 1  # k copies of one answer
+        assert "\nDone." not in samples[0].text  # cut at the stop string
+    assert sum(s[0].n_tokens < MAX_NEW for s in hf_reference["greedy"]) >= N // 2  # most answers ended early
+
+
+def test_hf_seeded_sampling(hf, pairs):
+    check_seeded_sampling(hf, pairs[0])
+
+
+def test_hf_stop_strings(hf, pairs):
+    check_stop_strings(hf, pairs[0])
+
+
+def test_hf_bad_inputs_are_input_errors(hf, pairs):
+    prompts, targets = pairs
+    with pytest.raises(InputError, match="empty target"):
+        hf.target_logprobs(prompts[:2], [targets[0], []])
+    with pytest.raises(InputError, match="empty"):
+        hf.generate([[]], SAMPLE, [0])
+    with pytest.raises(InputError, match="top_p"):
+        hf.generate(prompts[:1], SamplingParams(top_p=0.0), [0])
+    nothing = hf.generate(prompts[:2], SamplingParams(samples=2, max_new_tokens=0), [0, 1])
+    assert nothing == [[Completion("", 0)] * 2] * 2
+
+
+def test_tiny_model_is_deterministic(tmp_path):
+    from premem.train.tiny import build_tiny_model
+
+    lines = (SHARED / "gsm8k" / "train.jsonl").read_text().splitlines()[:100]
+    texts = [json.loads(line)["question"] for line in lines]
+    a, b, c = (build_tiny_model(texts, tmp_path / name, vocab_size=400, seed=s) for name, s in [("a", 0), ("b", 0), ("c", 1)])
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
+    assert (a / "tokenizer.json").read_bytes() == (c / "tokenizer.json").read_bytes()  # the seed is the model's
+
+
+# -- vLLM (slow: the engine takes ~30 s to start) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vllm(tiny_llama, hf_reference):  # hf_reference first: computed before the engine takes the cores
+    pytest.importorskip("vllm")
+    from premem.sampling.vllm_backend import VLLMBackend
+
+    # enforce_eager: skips torch.compile (~10-30 s at start); the model code is the same
+    backend = VLLMBackend(tiny_llama, OPTIONS, enforce_eager=True)
+    yield backend
+    backend.close()
+
+
+@pytest.mark.slow
+def test_perplexities_agree(vllm, pairs, hf_reference):
+    prompts, targets = pairs
+    got = vllm.target_logprobs(prompts, targets)
+    for v, h in zip(got, hf_reference["logprobs"]):
+        assert v.n_tokens == h.n_tokens
+        assert rel(v.perplexity, h.perplexity) < 1e-3
+
+
+@pytest.mark.slow
+def test_greedy_answers_identical(vllm, pairs, hf_reference):
+    assert vllm.generate(pairs[0], GREEDY, SEEDS) == hf_reference["greedy"]
+
+
+@pytest.mark.slow
+def test_vllm_seeded_sampling(vllm, pairs):
+    check_seeded_sampling(vllm, pairs[0])
+
+
+@pytest.mark.slow
+def test_vllm_stop_strings(vllm, pairs):
+    check_stop_strings(vllm, pairs[0])
+
+
+@pytest.mark.slow
+def test_vllm_close_ends_the_engine(vllm):
+    """Last in the module: close() ends the engine's processes (the fixture's close is then a no-op)."""
+    engine = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM")]
+    assert engine, "no engine processes found"
+    vllm.close()
+    gone, alive = psutil.wait_procs(engine, timeout=30)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    with pytest.raises(RuntimeError, match="after close"):
+        vllm.generate([[1]], GREEDY, [0])
