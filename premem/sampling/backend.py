@@ -98,6 +98,15 @@ class BackendOptions:
     """Allow a checkpoint's own Python code to run (off unless you trust the checkpoint)."""
 
 
+def check_scoring_inputs(prompt_ids: list[list[int]], target_ids: list[list[int]]) -> None:
+    """What every backend's target_logprobs requires of its inputs."""
+    if len(prompt_ids) != len(target_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(target_ids)} targets")
+    for i, (p, t) in enumerate(zip(prompt_ids, target_ids)):
+        if not p or not t:
+            raise InputError(f"target_logprobs: input {i} has an empty {'prompt' if not p else 'target'}")
+
+
 def _hf(checkpoint, options):
     from premem.sampling.hf import HFBackend
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from premem.errors import InputError
-from premem.sampling.backend import BackendOptions, Completion, SamplingParams, TargetLogprob
+from premem.sampling.backend import BackendOptions, Completion, SamplingParams, TargetLogprob, check_scoring_inputs
 
 
 class HFBackend:
@@ -63,11 +63,7 @@ class HFBackend:
 
     @torch.no_grad()
     def target_logprobs(self, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> list[TargetLogprob]:
-        if len(prompt_ids) != len(target_ids):
-            raise ValueError(f"{len(prompt_ids)} prompts but {len(target_ids)} targets")
-        for i, (p, t) in enumerate(zip(prompt_ids, target_ids)):
-            if not p or not t:
-                raise InputError(f"target_logprobs: input {i} has an empty {'prompt' if not p else 'target'}")
+        check_scoring_inputs(prompt_ids, target_ids)
         out: list[TargetLogprob | None] = [None] * len(prompt_ids)
         seqs = [p + t for p, t in zip(prompt_ids, target_ids)]
         # sorted by length, so a batch pads little; results go back to input order
@@ -141,14 +137,14 @@ class HFBackend:
             out.append(answers * k if greedy else answers)
         return out
 
-    def _completion(self, tokens: list[int], stop: list[str]) -> Completion:
+    def _completion(self, tokens: list[int], stop: list[str] | None) -> Completion:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return Completion(cut_at_stop(text, stop), len(tokens))
 
 
-def cut_at_stop(text: str, stop: list[str]) -> str:
+def cut_at_stop(text: str, stop: list[str] | None) -> str:
     """text up to the earliest occurrence of any stop string."""
-    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))
+    cut = min((i for s in stop or () if s and (i := text.find(s)) >= 0), default=len(text))
     return text[:cut]
 
 
@@ -226,9 +222,9 @@ class _StopCheck:
     decoders that drop a leading space from the first token (SentencePiece) from cutting it.
     """
 
-    def __init__(self, tokenizer, stop: list[str]):
+    def __init__(self, tokenizer, stop: list[str] | None):
         self.tokenizer = tokenizer
-        self.stop = [s for s in stop if s]
+        self.stop = [s for s in stop or () if s]
         self.window = max((len(s) for s in self.stop), default=0) + 2
 
     def hit(self, tokens: list[int]) -> bool:

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from premem.errors import InputError
-from premem.sampling.backend import BackendOptions, Completion, SamplingParams, TargetLogprob
+from premem.sampling.backend import BackendOptions, Completion, SamplingParams, TargetLogprob, check_scoring_inputs
 from premem.sampling.hf import cut_at_stop
 
 DEFAULT_CACHE_DIR = Path("~/.cache/premem/materialized").expanduser()
@@ -107,11 +107,7 @@ class VLLMBackend:
         from vllm import SamplingParams as VLLMParams
         from vllm.inputs import TokensPrompt
 
-        if len(prompt_ids) != len(target_ids):
-            raise ValueError(f"{len(prompt_ids)} prompts but {len(target_ids)} targets")
-        for i, (p, t) in enumerate(zip(prompt_ids, target_ids)):
-            if not p or not t:
-                raise InputError(f"target_logprobs: input {i} has an empty {'prompt' if not p else 'target'}")
+        check_scoring_inputs(prompt_ids, target_ids)
         # prompt_logprobs=0: for each prompt position, the logprob of the token actually there
         params = VLLMParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         inputs = [TokensPrompt(prompt_token_ids=p + t) for p, t in zip(prompt_ids, target_ids)]
