@@ -32,7 +32,6 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from premem.errors import InputError
 from premem.sampling.backend import BackendOptions, Completion, SamplingParams, TargetLogprob, check_scoring_inputs
 from premem.sampling.hf import cut_at_stop
 
