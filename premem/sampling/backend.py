@@ -96,6 +96,8 @@ class BackendOptions:
     """Allow loading .bin/.pt (pickle) weights; by default only safetensors are loaded."""
     trust_remote_code: bool = False
     """Allow a checkpoint's own Python code to run (off unless you trust the checkpoint)."""
+    cache_dir: str | None = None
+    """Where merged LoRA / dequantized GGUF copies for vLLM are written (premem score: <store>/cache)."""
 
 
 def check_scoring_inputs(prompt_ids: list[list[int]], target_ids: list[list[int]]) -> None:

@@ -118,6 +118,8 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     store = ScoreStore(cfg.store, create=True)
     for split, ds in data.items():
         store.check_dataset(split, ds)
+    if cfg.options.cache_dir is None:  # write only under the directories the user named
+        cfg.options.cache_dir = str(Path(cfg.store).resolve() / "cache")
     stop = cfg.sampling.stop if cfg.sampling.stop is not None else template.stop
     params = SamplingParams(**{**cfg.sampling.__dict__, "stop": list(stop)})
 

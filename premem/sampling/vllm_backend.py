@@ -32,11 +32,9 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from premem.errors import InputError
 from premem.sampling.backend import BackendOptions, Completion, SamplingParams, TargetLogprob, check_scoring_inputs
 from premem.sampling.hf import cut_at_stop
-
-DEFAULT_CACHE_DIR = Path("~/.cache/premem/materialized").expanduser()
-
 
 class VLLMBackend:
     name = "vllm"
@@ -45,12 +43,16 @@ class VLLMBackend:
         """engine_args go to `vllm.LLM` as they are (e.g. enforce_eager=True to skip torch.compile).
 
         LoRA and GGUF checkpoints are first merged / dequantized into a plain safetensors
-        directory under cache_dir (once; reused after), which is what vLLM loads.
+        directory under cache_dir or options.cache_dir (once; reused after), which is what
+        vLLM loads. premem writes only where the user said: `premem score` puts it in the store.
         """
         from premem.sampling.checkpoints import materialize, tokenizer_dir
 
         self.llm = None  # close() works even if the engine fails to start
-        model_dir = materialize(checkpoint, cache_dir or DEFAULT_CACHE_DIR, options)
+        cache_dir = cache_dir or options.cache_dir
+        if checkpoint.kind != "full" and not cache_dir:
+            raise InputError(f"{checkpoint.location}: vLLM needs a merged copy of this {checkpoint.kind} checkpoint; set options.cache_dir")
+        model_dir = materialize(checkpoint, cache_dir or ".", options)
         tokenizer = model_dir if checkpoint.kind != "full" else (tokenizer_dir(checkpoint) or model_dir)
 
         from vllm import LLM
