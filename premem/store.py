@@ -24,7 +24,8 @@ Scoring writes in units of work, parts (one checkpoint x split x shard), each it
 
     parts/<table>/<part>.parquet   e.g. parts/train_scores/run=r1.step=10.split=train.shard=00003.parquet
 
-A part written is a unit of work done (`has_part`), so a killed job resumes where it stopped.
+A part is written whole or not at all, so a killed job loses at most the parts in flight; a
+resumed job skips work whose rows are stored (in the main file or in parts).
 Reading a table reads the main file and its parts, keeping the first row of each key (the
 main file's, then the parts' in name order). `compact` merges the parts into the main file,
 then deletes them; a crash in between leaves parts whose rows the main file already holds.

@@ -25,8 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from premem.data import DataConfig, Example, get_grader, get_template, load_example_set
-from premem.data.examples import ExampleSet
+from premem.data import DataConfig, Example, ExampleSet, get_grader, get_template, load_example_set
 from premem.errors import InputError
 from premem.sampling.backend import BackendOptions, SamplingParams
 from premem.sampling.checkpoints import (

@@ -24,7 +24,7 @@ def regrade(store: ScoreStore, grader: str | None = None, count: str = "strict")
     """Re-grade every stored sample; returns the number of samples whose strict grade changed, per split."""
     if count not in ("strict", "flexible"):
         raise InputError(f"count: expected strict or flexible, got {count!r}")
-    if not store.has("samples") and not store.parts("samples"):
+    if not store.has("samples"):  # has() counts parts too
         raise InputError(f"{store.root}: no samples table; only stores written by `premem score` can be regraded")
     samples = store.read("samples")
     graders = {}
