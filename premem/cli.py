@@ -67,6 +67,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- report ----------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from premem.store import ScoreStore
+
+    if Path(args.out).suffix.lower() not in (".html", ".htm"):
+        raise InputError(f"--out {args.out}: the report is one .html file")
+    ScoreStore(args.store)  # a mistyped path fails now, not after seconds of importing matplotlib and sklearn
+    from premem.report import build_report
+
+    out = build_report(args.store, args.out, args.tau)
+    print(f"report: {out}")
+    return 0
+
+
 # -- data ------------------------------------------------------------------------------------
 
 
@@ -193,6 +209,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compact", action="store_true", help="with --json: on one line")
     p.add_argument("--plot", metavar="FILE", help="write a predicted-vs-actual scatter plot (.png, .svg, .pdf)")
     p.set_defaults(func=cmd_predict)
+
+    p = verbs.add_parser(
+        "report",
+        help="write a self-contained HTML report of a score store",
+        description="One HTML file (figures inline, nothing fetched): prediction of test accuracy with baselines, "
+        "accuracy curves per run, predicted vs actual, per-example pre-memorization accuracy, memorization over "
+        "training, and the runs table. Stores without test scores get the parts that need none.",
+    )
+    p.add_argument("--store", required=True, help="score store directory")
+    p.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
+    p.add_argument(
+        "--tau",
+        type=_tau,
+        default="auto",
+        help="memorization threshold on log(log(perplexity)), or 'auto' (default) to choose it by nested "
+        "leave-one-run-out; without test scores auto falls back to -2.3",
+    )
+    p.set_defaults(func=cmd_report)
 
     data = verbs.add_parser("data", help="load, validate and export datasets").add_subparsers(
         dest="data_verb", required=True, metavar="ACTION"

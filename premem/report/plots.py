@@ -1,33 +1,160 @@
-"""Figures. Matplotlib with the Agg backend: no display needed, same pixels everywhere."""
+"""Figures. Matplotlib with the Agg backend: no display needed, same pixels everywhere.
+
+Each figure function returns a matplotlib Figure; `save` writes it to a file (atomically),
+`png_base64` turns it into the text of a data: URL for the HTML report. Runs keep one colour
+and marker in every figure (`run_styles`), and long run names are shortened the same way
+everywhere (`short_names`), so a reader can follow a run from figure to figure.
+"""
 
 from __future__ import annotations
 
+import base64
+import io
+import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from premem.files import atomic_path  # noqa: E402
 from premem.metrics.predict import Prediction  # noqa: E402
 
+MARKERS = "osD^v"  # with tab20's 20 colours: 100 runs before a (colour, marker) pair repeats
+SERIES = {  # the per-checkpoint curves of accuracy_curves: column -> (label, colour, line style)
+    "premem": ("pre-memorization train acc", "tab:blue", "-"),
+    "train_acc": ("train acc", "tab:orange", "--"),
+    "test_acc": ("test acc", "tab:green", "-"),
+}
 
-def prediction_scatter(pred: Prediction, out: str | Path) -> Path:
+
+def run_styles(runs: list[str]) -> dict[str, dict]:
+    """One colour and marker per run; tab20 because runs often outnumber tab10's colours."""
+    colors = plt.get_cmap("tab20").colors
+    return {run: {"color": colors[i % 20], "marker": MARKERS[(i // 20 + i) % len(MARKERS)]} for i, run in enumerate(runs)}
+
+
+def short_names(runs: list[str]) -> dict[str, str]:
+    """Drop the '_'-separated words every run name shares at its start and end (gsm8k_orig_..._bs128).
+
+    Legends with 13 names of 40 characters crowd out the plot; the full names are in the runs table.
+    Names stay as they are when shortening would leave one empty or make two equal.
+    """
+    words = [r.split("_") for r in runs]
+    if len(runs) < 2:
+        return {r: r for r in runs}
+    head = 0
+    while all(len(w) > head for w in words) and len({w[head] for w in words}) == 1:
+        head += 1
+    tail = 0
+    while all(len(w) > head + tail for w in words) and len({w[-1 - tail] for w in words}) == 1:
+        tail += 1
+    short = ["_".join(w[head : len(w) - tail]) for w in words]
+    if not all(short) or len(set(short)) < len(short):
+        return {r: r for r in runs}
+    return dict(zip(runs, short))
+
+
+def _grid(n: int, ncols: int = 5, size: tuple[float, float] = (2.6, 2.0), **kw):
+    """Small multiples: one panel per run, unused panels hidden.
+
+    Margins are set by hand, in inches: constrained layout triples the drawing time of a 13-panel grid.
+    """
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    width, height = size[0] * ncols + 0.7, size[1] * nrows + 0.9
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, **kw)
+    fig.subplots_adjust(left=0.7 / width, right=1 - 0.15 / width, bottom=0.6 / height, top=1 - 0.55 / height,
+                        wspace=0.12, hspace=0.45)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def accuracy_curves(points: pd.DataFrame, runs: list[str], labels: dict[str, str]) -> plt.Figure:
+    """Per run: pre-memorization, train and (when scored) test accuracy at each checkpoint."""
+    fig, axes = _grid(len(runs), sharey=True)
+    has_test = "test_acc" in points and points["test_acc"].notna().any()
+    for ax, run in zip(axes, runs):
+        g = points[points["run"] == run].sort_values("step")
+        for col, (label, color, style) in SERIES.items():
+            if col == "test_acc" and not has_test:
+                continue
+            ax.plot(g["step"], g[col], color=color, linestyle=style, marker="o", markersize=3, linewidth=1.2, label=label)
+        ax.set_title(labels[run], fontsize=8)
+        ax.set_ylim(-0.03, 1.03)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        _integer_steps(ax, g["step"])
+    _label_grid(fig, "checkpoint step", "accuracy")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", ncols=len(names), fontsize=8, frameon=False)
+    return fig
+
+
+def premem_histograms(final: pd.DataFrame, runs: list[str], labels: dict[str, str]) -> plt.Figure:
+    """Per run, at its last checkpoint: how pre-memorization accuracy spreads over its training examples.
+
+    Plain train accuracy is outlined behind it: the gap is what memorized traces take away.
+    Bars are fractions of the run's examples, so runs trained on different amounts of data compare.
+    """
+    fig, axes = _grid(len(runs), sharey=True)
+    bins = np.linspace(-0.05, 1.05, 12)  # centred on 0, 0.1, ..., 1: accuracies are fractions of k samples
+    for ax, run in zip(axes, runs):
+        g = final[final["run"] == run]
+        weights = np.full(len(g), 1 / max(len(g), 1))
+        ax.hist(g["acc"], bins=bins, weights=weights, histtype="step", color="tab:orange", linewidth=1.2, label="train acc")
+        ax.hist(g["premem"], bins=bins, weights=weights, color="tab:blue", alpha=0.7, label="pre-memorization acc")
+        ax.set_title(f"{labels[run]} (step {int(g['step'].iloc[0])})" if len(g) else labels[run], fontsize=8)
+        ax.set_xlim(bins[0], bins[-1])
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    _label_grid(fig, "per-example accuracy at the run's last checkpoint", "fraction of examples")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles[::-1], names[::-1], loc="upper center", ncols=2, fontsize=8, frameon=False)
+    return fig
+
+
+def memorized_curves(points: pd.DataFrame, runs: list[str], labels: dict[str, str], tau: float) -> plt.Figure:
+    """Fraction of each run's training examples memorized (log(log(ppl)) < tau) at each checkpoint."""
+    fig, ax = plt.subplots(figsize=(9, 4.2), layout="constrained")
+    styles = run_styles(runs)
+    for run in runs:
+        g = points[points["run"] == run].sort_values("step")
+        ax.plot(g["step"], g["frac_memorized"], linewidth=1.2, markersize=4, label=labels[run], **styles[run])
+    ax.set_xlabel("checkpoint step")
+    ax.set_ylabel("fraction of training examples memorized")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(f"memorized: log(log(ppl)) < {tau:g}, i.e. perplexity < {math.exp(math.exp(tau)):.4f}", fontsize=9)
+    ax.grid(alpha=0.3)
+    _integer_steps(ax, points["step"])
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
+    return fig
+
+
+def scatter_figure(pred: Prediction, runs: list[str] | None = None, labels: dict[str, str] | None = None) -> plt.Figure:
     """Predicted against actual test accuracy, one marker per checkpoint, one colour per run.
 
     Predictions are the leave-one-run-out ones: each run as if it were new.
     """
     pts = pred.points.dropna(subset=["test_acc"])
-    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=120)
-    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # runs often outnumber tab10's colours
-    for run, g in pts.groupby("run", sort=True):
-        ax.plot(g["test_acc"], g["predicted_loro"], marker="o", linestyle="-", linewidth=0.8, markersize=5, label=run)
+    runs = runs or sorted(pts["run"].unique())
+    labels = labels or {r: r for r in runs}
+    styles = run_styles(runs)
+    fig, ax = plt.subplots(figsize=(7.4, 5.2), layout="constrained")
+    for run in runs:
+        g = pts[pts["run"] == run].sort_values("step")
+        if len(g):
+            ax.plot(g["test_acc"], g["predicted_loro"], linestyle="-", linewidth=0.8, markersize=5, label=labels[run], **styles[run])
     lo = min(pts["test_acc"].min(), pts["predicted_loro"].min()) - 0.02
     hi = max(pts["test_acc"].max(), pts["predicted_loro"].max()) + 0.02
     ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=1, label="y = x")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
     ax.set_xlabel("actual test accuracy")
     ax.set_ylabel("predicted test accuracy (run held out)")
     ax.set_title(
@@ -35,11 +162,40 @@ def prediction_scatter(pred: Prediction, out: str | Path) -> Path:
         f"leave-one-run-out R²={pred.r2_loro:.3f}",
         fontsize=9,
     )
-    ax.legend(fontsize=6, loc="upper left", frameon=False)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
+    return fig
+
+
+def prediction_scatter(pred: Prediction, out: str | Path) -> Path:
+    """`premem predict --plot`: the scatter, written to a .png, .svg or .pdf file."""
+    return save(scatter_figure(pred), out)
+
+
+def save(fig: plt.Figure, out: str | Path) -> Path:
     out = Path(out)
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format=out.suffix.lstrip(".") or "png")
+        fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=120)
     plt.close(fig)
     return out
+
+
+def png_base64(fig: plt.Figure, dpi: int = 100) -> str:
+    """The figure as base64 PNG text, for an <img src="data:image/png;base64,...">; closes the figure."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _label_grid(fig: plt.Figure, xlabel: str, ylabel: str) -> None:
+    fig.supxlabel(xlabel, fontsize=9, y=0.1 / fig.get_figheight())
+    fig.supylabel(ylabel, fontsize=9, x=0.1 / fig.get_figwidth())
+
+
+def _integer_steps(ax: plt.Axes, steps: pd.Series) -> None:
+    """Steps are integers; a run with one checkpoint would otherwise get ticks like 57.96."""
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if steps.nunique() == 1:
+        s = float(steps.iloc[0])
+        ax.set_xlim(s - 1, s + 1)

@@ -1,0 +1,217 @@
+"""`premem report`: one self-contained HTML file describing a score store.
+
+Everything is inline (figures as base64 PNG, CSS in a <style> block, no scripts, fonts or
+links to fetch), so the file can be mailed, archived or opened offline and looks the same.
+The page: what the store holds and the tau used; how well each training-time feature
+predicts test accuracy; per run, the accuracy curves, the predicted-vs-actual scatter, the
+spread of per-example pre-memorization accuracy, the fraction memorized; the runs table.
+
+Test scores are optional: without them (or with them for fewer than 2 runs, too few to fit
+a line across runs) the prediction parts say why they are missing and the rest still draws.
+"""
+
+from __future__ import annotations
+
+import math
+from html import escape
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from premem import __version__
+from premem.errors import InputError
+from premem.files import atomic_path
+from premem.metrics.predict import Prediction, predict
+from premem.metrics.premem import FEATURES, TrainingCurves
+from premem.report import plots
+from premem.store import ScoreStore
+
+PAPER_TAU = -2.3  # Kang et al.'s GSM8K value: the fallback when tau=auto has no test scores to choose by
+
+
+def build_report(store_dir: str | Path, out_path: str | Path = "report.html", tau: float | str = "auto") -> Path:
+    """Write the HTML report of the score store at `store_dir` to `out_path`; returns the path.
+
+    tau: the memorization threshold on log(log(perplexity)), or "auto" to choose it by nested
+    leave-one-run-out (premem.metrics.predict); auto falls back to -2.3 without test scores.
+    Bad input raises InputError before anything is written.
+    """
+    if tau != "auto" and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau)):
+        raise InputError(f"tau: expected a number or 'auto', got {tau!r}")
+    store = ScoreStore(store_dir)
+    runs_table = store.runs()
+    curves = TrainingCurves.from_store(store)
+    if curves.frame.empty:
+        raise InputError(f"{store.path('train_scores')}: no train scores to report on")
+    pred, tau_used, note = fit(curves, tau)
+    points = pred.points if pred else curves.points(tau_used)
+    page = render(store, runs_table, curves, points, pred, tau, tau_used, note)
+    out = Path(out_path)
+    with atomic_path(out) as tmp:  # a failed or killed build leaves no half-written report
+        tmp.write_text(page, encoding="utf-8")
+    return out
+
+
+def fit(curves: TrainingCurves, tau: float | str) -> tuple[Prediction | None, float, str]:
+    """The prediction (None when it cannot be fitted), the tau to use, and a note saying why not."""
+    scored = curves.test.merge(curves.frame[["run", "step"]].drop_duplicates(), on=["run", "step"])
+    n = scored["run"].nunique()
+    if n >= 2:
+        pred = predict(curves, tau)
+        return pred, pred.tau, ""
+    why = "the store has no test scores" if curves.test.empty else f"test scores cover only {n} run{'s' * (n != 1)} with train scores"
+    note = f"{why}; predicting test accuracy needs at least 2 runs with test scores, so it is skipped"
+    if tau == "auto":
+        return None, PAPER_TAU, f"{note}, and tau=auto cannot be chosen: using the paper's GSM8K value {PAPER_TAU:g}"
+    return None, float(tau), note
+
+
+# -- the page --------------------------------------------------------------------------------
+
+
+def render(store, runs_table, curves, points, pred, tau_asked, tau, note) -> str:
+    runs = [r for r in runs_table["run"] if r in set(points["run"])]  # runs.parquet's order
+    labels = plots.short_names(runs)
+    per_ex = curves.per_example(tau)
+    last = per_ex.groupby("run")["step"].transform("max")
+    final = per_ex[per_ex["step"] == last]
+    has_test = points["test_acc"].notna().any()
+
+    sections = [summary(store, curves, points, pred, tau_asked, tau, note, runs, labels)]
+    sections.append(section(
+        "Accuracy over training",
+        figure(plots.accuracy_curves(points, runs, labels),
+               "Per run and checkpoint: mean pre-memorization train accuracy, mean train accuracy"
+               + (", and test accuracy." if has_test else ". No test scores in this store: test accuracy not shown.")),
+    ))
+    if pred:
+        body = figure(plots.scatter_figure(pred, runs, labels),
+                      "Each point is a checkpoint; its prediction comes from a line fitted on the other runs only.")
+    else:
+        body = f'<p class="note">Not drawn: {escape(note)}.</p>'
+    sections.append(section("Predicted vs actual test accuracy", body))
+    sections.append(section(
+        "Per-example pre-memorization accuracy",
+        figure(plots.premem_histograms(final, runs, labels),
+               "Distribution over each run's training examples at its last checkpoint; "
+               "the orange outline is plain train accuracy on the same examples."),
+    ))
+    sections.append(section(
+        "Memorization over training",
+        figure(plots.memorized_curves(points, runs, labels, tau),
+               f"Fraction of each run's training examples whose gold trace is memorized (log(log(ppl)) &lt; {tau:g})."),
+    ))
+    sections.append(section("Runs", runs_html(runs_table, points)))
+    title = f"premem report: {store.root.name or store.root}"
+    return PAGE.format(title=escape(title), body="\n".join(sections))
+
+
+def summary(store, curves, points, pred, tau_asked, tau, note, runs, labels) -> str:
+    n_ckpt = len(points[["run", "step"]].drop_duplicates())
+    n_test = curves.test[["run", "step"]].drop_duplicates().shape[0]
+    facts = [
+        ("store", f"<code>{escape(str(store.root.resolve()))}</code>"),
+        ("runs", f"{len(runs)}"),
+        ("checkpoints", f"{n_ckpt} ({n_test} with test scores)"),
+        ("train examples", f"{curves.frame['example_id'].nunique()}"),
+        ("tau", tau_html(pred, tau_asked, tau)),
+    ]
+    shortened = [r for r in runs if labels[r] != r]
+    if shortened:
+        facts.append(("run names", "figures drop the words every run name shares; the runs table has the full names"))
+    rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
+    out = f'<h1>premem report</h1>\n<table class="facts">{rows}</table>\n'
+    if not pred:
+        return out + f'<p class="note">Test-accuracy prediction: {escape(note)}.</p>'
+    table = [("premem", pred.r2, pred.r2_loro, pred.mae, pred.mae_loro)]
+    table += [(name, b.r2, b.r2_loro, b.mae, b.mae_loro) for name, b in pred.baselines.items()]
+    body = "".join(
+        f"<tr><td>{escape(FEATURES[name])}{' (this method)' * (name == 'premem')}</td>"
+        + "".join(f'<td class="num">{v:.3f}</td>' for v in vals) + "</tr>"
+        for name, *vals in table
+    )
+    return out + (
+        "<h2>Predicting test accuracy</h2>\n"
+        f"<p>{pred.n_points} checkpoints of {pred.n_runs} runs with test scores; "
+        f"fit: test accuracy ≈ {pred.slope:.3f} × pre-memorization accuracy {'−+'[pred.intercept >= 0]} {abs(pred.intercept):.3f}. "
+        "Leave-one-run-out (LORO) predicts each run from a fit on the others only"
+        + (", with tau chosen on the others too." if pred.tau_mode == "auto" else ".") + "</p>\n"
+        '<table class="grid"><tr><th>predictor</th><th>R²</th><th>LORO R²</th><th>MAE</th><th>LORO MAE</th></tr>'
+        f"{body}</table>"
+    )
+
+
+def tau_html(pred, tau_asked, tau) -> str:
+    ppl = math.exp(math.exp(tau))
+    how = "given"
+    if pred and pred.tau_mode == "auto":
+        per_run = sorted(set(pred.tau_per_run.values()))
+        how = f"auto: best leave-one-run-out R² over a grid; per held-out run {', '.join(f'{t:g}' for t in per_run)}"
+    elif tau_asked == "auto":
+        how = "auto not possible without test scores; paper default"
+    return f"<b>{tau:g}</b> ({escape(how)}); an example counts as memorized when log(log(ppl)) &lt; tau, i.e. ppl &lt; {ppl:.4f}"
+
+
+def runs_html(runs_table: pd.DataFrame, points: pd.DataFrame) -> str:
+    """runs.parquet as a table (list columns as counts), plus each run's figures at its last checkpoint."""
+    last = points.sort_values("step").groupby("run").tail(1).set_index("run")
+    derived = {"checkpoints scored": points.groupby("run").size(), "last step": last["step"],
+               "final premem": last["premem"], "final train acc": last["train_acc"], "final test acc": last["test_acc"]}
+    cols = list(runs_table.columns)
+    # <wbr> lets long snake_case headers wrap at their underscores, so the table fits the page
+    head = "".join(f"<th>{escape(c).replace('_', '_<wbr>')}{' (count)' * _is_list_column(runs_table[c])}</th>" for c in cols)
+    head += "".join(f'<th class="derived">{escape(c)}</th>' for c in derived)
+    rows = []
+    for _, row in runs_table.iterrows():
+        cells = "".join(_cell(row[c]) for c in cols)
+        cells += "".join(_cell(d.get(row["run"], np.nan), ".3f") for d in derived.values())
+        rows.append(f"<tr>{cells}</tr>")
+    return f'<div class="wide"><table class="grid runs"><tr>{head}</tr>{"".join(rows)}</table></div>'
+
+
+def _is_list_column(col: pd.Series) -> bool:
+    return any(isinstance(v, (list, tuple, np.ndarray, dict, set)) for v in col)
+
+
+def _cell(v, fmt: str = ".4g") -> str:
+    if isinstance(v, (list, tuple, np.ndarray, dict, set)):
+        return f'<td class="num">{len(v)}</td>'
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return '<td class="num">–</td>'
+    if isinstance(v, (float, np.floating)):
+        return f'<td class="num">{v:{fmt}}</td>'
+    if isinstance(v, (int, np.integer)):
+        return f'<td class="num">{v}</td>'
+    return f"<td>{escape(str(v))}</td>"
+
+
+def section(title: str, body: str) -> str:
+    return f"<section><h2>{escape(title)}</h2>\n{body}\n</section>"
+
+
+def figure(fig, caption: str) -> str:
+    """A matplotlib figure as an inline PNG; caption is HTML."""
+    alt = escape(fig.axes[0].get_title() or caption, quote=True) if fig.axes else ""
+    return (f'<figure><img src="data:image/png;base64,{plots.png_base64(fig)}" alt="{alt}">'
+            f"<figcaption>{caption}</figcaption></figure>")
+
+
+PAGE = (
+    "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
+    "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+    "<title>{title}</title>\n<style>\n"
+    "body {{ font-family: system-ui, sans-serif; max-width: 1400px; margin: 1.5em auto; padding: 0 1em; color: #222; }}\n"
+    "h1 {{ font-size: 1.5em; }} h2 {{ font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }}\n"
+    "table {{ border-collapse: collapse; font-size: 0.9em; }} table.runs {{ font-size: 0.8em; }}\n"
+    "td, th {{ padding: 0.25em 0.6em; text-align: left; vertical-align: top; }} table.grid td {{ white-space: nowrap; }}\n"
+    "table.grid td, table.grid th {{ border: 1px solid #ddd; }} table.grid th {{ background: #f4f4f4; }}\n"
+    "th.derived {{ background: #eef3fa !important; }} td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}\n"
+    "table.facts th {{ font-weight: 600; padding-left: 0; }}\n"
+    "figure {{ margin: 0.5em 0; }} figure img {{ max-width: 100%; height: auto; }}\n"
+    "figcaption {{ font-size: 0.85em; color: #555; }} .note {{ background: #fff6dd; padding: 0.5em 0.8em; }}\n"
+    ".wide {{ overflow-x: auto; }} code {{ font-size: 0.95em; }}\n"
+    "</style></head><body>\n{body}\n"
+    f"<footer><p style=\"color:#888;font-size:0.8em\">premem {__version__}</p></footer>\n"
+    "</body></html>\n"
+)
