@@ -179,6 +179,31 @@ def cmd_regrade(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train -----------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from premem.config import load_config
+    from premem.train.sft import TrainConfig, read_run_info, sweep, train
+
+    overrides = []
+    for key, value in [("model", args.model), ("train.path", args.train), ("out", args.out),
+                       ("run_name", args.run_name), ("workers", args.workers)]:
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.allow_pickle:
+        overrides.append("allow_pickle=true")
+    if args.trust_remote_code:
+        overrides.append("trust_remote_code=true")
+    cfg = load_config(TrainConfig, args.config, overrides + list(args.overrides))
+    run_dirs = sweep(cfg, cfg.sweep) if args.sweep or cfg.sweep is not None else [train(cfg)]
+    for run_dir in run_dirs:
+        info = read_run_info(run_dir) or {}
+        steps = ", ".join(str(c["step"]) for c in info.get("checkpoints", []))
+        print(f"{info.get('run', run_dir.name)}: {info.get('n_train')} examples, checkpoints at steps {steps} -> {run_dir}")
+    return 0
+
+
 # -- the parser --------------------------------------------------------------------------------
 
 
@@ -276,6 +301,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grader", choices=["gsm8k", "math"], help="grader to apply (default: the one recorded per split)")
     p.add_argument("--count", choices=["strict", "flexible"], default="strict", help="extraction that counts as correct")
     p.set_defaults(func=cmd_regrade)
+
+    p = verbs.add_parser(
+        "train",
+        help="finetune a model (TRL SFT) into checkpoints premem can score; one run or a sweep",
+        description="Supervised finetuning on a premem dataset, the loss on the template's target only; a "
+        "weights-only checkpoint every epoch (or every save_every steps) in <out>/checkpoint-<step>/, and "
+        "<out>/premem_run.json recording the run. With a sweep: block in the config (or --sweep), one run per grid "
+        "point in <out>/<name>/; finished runs are skipped. Settings: --config YAML and/or KEY=VALUE overrides "
+        "anywhere on the line (e.g. lr=1e-5 epochs=3 data_fraction=0.5 save_every=100 workers=2).",
+    )
+    p.add_argument("--config", help="YAML train config (see configs/train/)")
+    p.add_argument("--model", help="local model directory to finetune")
+    p.add_argument("--train", help="training data (file or dataset directory)")
+    p.add_argument("--out", help="run directory (for a sweep: the directory holding the runs)")
+    p.add_argument("--run-name", dest="run_name", help="name of the run (default: the run directory's name)")
+    p.add_argument("--workers", type=int, help="training processes; more than 1 trains on Ray Train")
+    p.add_argument("--sweep", action="store_true", help="run the config's sweep grid (a grid of one without one)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin/.pt) weights")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
+    p.set_defaults(func=cmd_train, overrides=[])
 
     return parser
 
