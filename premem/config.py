@@ -2,8 +2,11 @@
 
 Every config in premem is a plain dataclass whose field docstrings say what each knob does.
 `load_config(DataConfig, "configs/gsm8k.yaml", ["fields.question=query"])` reads the YAML,
-applies `key.sub=value` overrides (values parsed as YAML scalars, so `lr=1e-5` is a float),
-and builds the dataclass, rejecting unknown keys with an InputError that names them.
+applies `key.sub=value` overrides (values parsed as YAML scalars), and builds the dataclass,
+rejecting unknown keys with an InputError that names them. Values are converted to the
+field's type where that is unambiguous: YAML 1.1 reads `1e-5` as a string (it wants `1.0e-5`),
+so a float field takes "1e-5" as 1e-05, and an int field takes 3.0 as 3; anything else that
+does not fit is an InputError naming the field.
 """
 
 from __future__ import annotations
@@ -69,7 +72,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     kwargs = {}
     for name, value in data.items():
         sub = _dataclass_in(hints[name])
-        kwargs[name] = from_dict(sub, value, f"{where}.{name}") if sub and isinstance(value, dict) else value
+        if sub and isinstance(value, dict):
+            kwargs[name] = from_dict(sub, value, f"{where}.{name}")
+        else:
+            kwargs[name] = coerce(hints[name], value, f"{where}.{name}")
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
@@ -79,6 +85,41 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
     data = read_yaml(path) if path else {}
     return from_dict(cls, apply_overrides(data, list(overrides)), str(path or cls.__name__))
+
+
+def coerce(tp: Any, value: Any, where: str) -> Any:
+    """value as type tp where tp is float, int, bool or a list / Optional of them; else unchanged."""
+    if value is None:
+        return None
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        plain = [a for a in args if a is not type(None)]
+        if len(plain) == 1:
+            return coerce(plain[0], value, where)
+        if type(value) in plain:
+            return value
+        # str | int and the like: leave it to the dataclass
+        return value
+    if origin is list and len(args) == 1 and isinstance(value, list):
+        return [coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: expected a number, got {value!r}") from None
+    if tp is int and not isinstance(value, bool):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if not isinstance(value, int):
+            raise InputError(f"{where}: expected an integer, got {value!r}")
+    if tp is bool and not isinstance(value, bool):
+        raise InputError(f"{where}: expected true or false, got {value!r}")
+    return value
 
 
 def _dataclass_in(tp: Any) -> type | None:

@@ -1,0 +1,49 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from premem.config import load_config
+from premem.errors import InputError
+
+
+@dataclass
+class Inner:
+    lrs: list[float] = field(default_factory=list)
+    """a list of floats"""
+
+
+@dataclass
+class Outer:
+    lr: float = 0.1
+    """a float"""
+    epochs: int = 1
+    """an int"""
+    warm: float | None = None
+    """an optional float"""
+    every: str | int = "epoch"
+    """str or int, left as given"""
+    flag: bool = False
+    """a bool"""
+    inner: Inner = field(default_factory=Inner)
+    """a section"""
+
+
+def test_yaml_1_1_exponents_become_floats(tmp_path):
+    # PyYAML reads 1e-3 as the string "1e-3"; a float field must still get a float
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-3\nepochs: 3.0\nwarm: 5e-2\ninner:\n  lrs: [1e-4, 3e-4, 0.001]\n")
+    cfg = load_config(Outer, path, ["every=10"])
+    assert cfg.lr == 1e-3 and isinstance(cfg.lr, float)
+    assert cfg.epochs == 3 and isinstance(cfg.epochs, int)
+    assert cfg.warm == 0.05 and cfg.inner.lrs == [1e-4, 3e-4, 1e-3]
+    assert cfg.every == 10
+    assert load_config(Outer, None, ["lr=2e-5"]).lr == 2e-5
+
+
+@pytest.mark.parametrize(
+    "override, field_name",
+    [("lr=fast", "Outer.lr"), ("epochs=2.5", "Outer.epochs"), ("flag=maybe", "Outer.flag"), ("inner.lrs=[1, x]", "lrs[1]")],
+)
+def test_values_that_do_not_fit_name_the_field(override, field_name):
+    with pytest.raises(InputError, match=field_name.replace("[", r"\[").replace("]", r"\]")):
+        load_config(Outer, None, [override])
