@@ -16,6 +16,7 @@ context, data whose ids changed since the store was started.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ class ScoreConfig:
     """Training data: every example gets its gold perplexity and k samples per checkpoint."""
     test: DataConfig | None = None
     """Test data: k samples per query per checkpoint (optional)."""
+    train_examples: str = "trained"
+    """Which training examples to score: trained (those the run's premem_run.json lists, else all) or all."""
     run_name: str | None = None
     """Name of the run in the store (default: the run directory's name)."""
     base_model: str | None = None
@@ -103,8 +106,11 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
         raise InputError(f"count: expected strict or flexible, got {cfg.count!r}")
     if not cfg.store:
         raise InputError("store: say where to write the scores (--store DIR)")
+    if cfg.train_examples not in ("trained", "all"):
+        raise InputError(f"train_examples: expected trained or all, got {cfg.train_examples!r}")
     checkpoints = find_checkpoints(cfg.run, cfg.run_name, cfg.base_model, allow_pickle=cfg.options.allow_pickle)
     run = checkpoints[0].run
+    meta = run_metadata(cfg.run)
     data = {"train": load_example_set(cfg.train)}
     if cfg.test is not None and cfg.test.path:
         data["test"] = load_example_set(cfg.test)
@@ -113,6 +119,8 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     template = get_template(cfg.template, tokenizer)
     context = context_length(load_config(checkpoints[0], cfg.options))
     encoded = {split: encode(ds, template, tokenizer, context, cfg.sampling, split) for split, ds in data.items()}
+    if cfg.train_examples == "trained" and meta.get("train_example_ids") is not None:
+        encoded["train"] = only_trained(encoded["train"], meta["train_example_ids"], cfg.run, data["train"].path)
 
     store = ScoreStore(cfg.store, create=True)
     for split, ds in data.items():
@@ -126,7 +134,7 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     tasks = [t for c in checkpoints for split in data for t in make_tasks(c, split, encoded[split], params, cfg.shard_size)]
     todo = [t for t in tasks if not task_done(t, scored)]
     log.info("%s: %d checkpoints, %d tasks, %d already done", run, len(checkpoints), len(tasks), len(tasks) - len(todo))
-    store.append("runs", pd.DataFrame({"run": [run], "path": [str(Path(cfg.run).resolve())], "backend": [cfg.backend]}))
+    store.append("runs", run_row(run, cfg, meta))
 
     start = time.perf_counter()
     tokens = 0
@@ -157,6 +165,52 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     return ScoreSummary(
         run, [c.step for c in checkpoints], len(tasks), len(todo), len(tasks) - len(todo), retries, tokens,
         time.perf_counter() - start,
+    )
+
+
+RUN_FILE = "premem_run.json"  # written by `premem train` beside the checkpoints
+RUN_COLUMNS = ("model", "lr", "epochs", "data_fraction", "seed", "batch_size", "n_train")
+
+
+def run_metadata(run_dir: str | Path) -> dict:
+    """The run's premem_run.json (hyper-parameters, trained example ids), or {} for runs made elsewhere."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not readable JSON ({e})") from e
+    ids = meta.get("train_example_ids")
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
+        raise InputError(f"{path}: train_example_ids must be a list of integers")
+    return meta
+
+
+def run_row(run: str, cfg: ScoreConfig, meta: dict) -> pd.DataFrame:
+    """The run's row of runs.parquet: where it is, how it was scored, and how it was trained."""
+    row = {"run": run, "path": str(Path(cfg.run).resolve()), "backend": cfg.backend}
+    row |= {k: meta[k] for k in RUN_COLUMNS if meta.get(k) is not None}
+    if meta.get("train_example_ids") is not None:
+        row["train_example_ids"] = [int(i) for i in meta["train_example_ids"]]
+    return pd.DataFrame([row])
+
+
+def only_trained(enc: Encoded, ids: list[int], run_dir, data_path: str) -> Encoded:
+    """enc restricted to the examples the run trained on: the others' scores would go unused."""
+    index = {ex.example_id: i for i, ex in enumerate(enc.examples)}
+    missing = [i for i in ids if i not in index]
+    if missing:
+        raise InputError(
+            f"{Path(run_dir) / RUN_FILE}: trained on example {missing[0]}, which {data_path} does not hold "
+            "(is this the run's training data?)"
+        )
+    keep = sorted({index[i] for i in ids})
+    return Encoded(
+        [enc.examples[i] for i in keep],
+        [enc.prompt_ids[i] for i in keep],
+        None if enc.target_ids is None else [enc.target_ids[i] for i in keep],
+        [enc.max_new_tokens[i] for i in keep],
     )
 
 

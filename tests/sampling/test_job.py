@@ -226,3 +226,45 @@ def test_regrade_reapplies_the_grader_without_sampling(workdir, reference, tmp_p
         expected = reference["samples"].query(f"split == '{t.split('_')[0]}'").groupby(["run", "step", "example_id"])["correct_flexible"].sum()
         assert flexible[t].set_index(["run", "step", "example_id"])["n_correct"].equals(expected.astype(int).rename("n_correct"))
     pd.testing.assert_series_equal(flexible["train_scores"]["perplexity"], reference["train_scores"]["perplexity"])
+
+
+def _trained_run(workdir: Path, tmp_path: Path, ids) -> Path:
+    """A copy of the run with the premem_run.json that `premem train` writes beside its checkpoints."""
+    run = tmp_path / "trained"
+    shutil.copytree(workdir / "run", run)
+    meta = {"run": "trained", "model": "tiny", "lr": 1e-3, "epochs": 2, "data_fraction": 0.5, "seed": 0,
+            "batch_size": 4, "n_train": len(ids), "train_example_ids": ids, "checkpoints": []}
+    (run / "premem_run.json").write_text(json.dumps(meta))
+    return run
+
+
+def test_a_trained_run_scores_only_its_examples_and_records_its_settings(workdir, reference, tmp_path):
+    ids = [1, 4, 5, 9]
+    cfg = config(workdir, tmp_path / "store")
+    cfg.run = str(_trained_run(workdir, tmp_path, ids))
+    score(cfg)
+    store = ScoreStore(tmp_path / "store")
+    train = store.read("train_scores")
+    assert sorted(set(train["example_id"])) == ids and len(train) == 2 * len(ids)
+    assert len(store.read("test_scores")) == 2 * N_TEST  # test data is never subset
+    runs = store.runs().set_index("run")
+    assert runs.loc["trained", "lr"] == 1e-3 and runs.loc["trained", "epochs"] == 2
+    assert list(runs.loc["trained", "train_example_ids"]) == ids
+    # the same query at the same checkpoint gets the same seed, so the rows equal the full run's
+    ref = reference["train_scores"]
+    same = ref[ref["example_id"].isin(ids)].drop(columns="run").reset_index(drop=True)
+    got = train.sort_values(["step", "example_id"], ignore_index=True).drop(columns="run")
+    pd.testing.assert_frame_equal(got, same.sort_values(["step", "example_id"], ignore_index=True))
+
+    cfg.train_examples = "all"
+    cfg.store = str(tmp_path / "all")
+    score(cfg)
+    assert len(ScoreStore(tmp_path / "all").read("train_scores")) == 2 * N_TRAIN
+
+
+def test_a_run_trained_on_examples_the_data_lacks(workdir, tmp_path):
+    cfg = config(workdir, tmp_path / "store")
+    cfg.run = str(_trained_run(workdir, tmp_path, [0, 999]))
+    with pytest.raises(InputError, match=r"premem_run.json: trained on example 999, which .*train.jsonl does not hold"):
+        score(cfg)
+    assert not (tmp_path / "store").exists()
