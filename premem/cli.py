@@ -33,7 +33,7 @@ def _tau(value: str) -> float | str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from premem.metrics.predict import predict
-    from premem.metrics.premem import FEATURES, TrainingCurves
+    from premem.metrics.premem import TrainingCurves
     from premem.store import ScoreStore
 
     if args.plot and Path(args.plot).suffix.lower() not in (".png", ".svg", ".pdf"):
@@ -48,22 +48,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(pred.to_dict(), indent=None if args.compact else 1))
         return 0
 
-    print(
-        f"{pred.n_runs} runs, {pred.n_points} checkpoints with test scores; "
-        f"tau = {pred.tau:g} ({pred.tau_mode}; memorized when log(log(ppl)) < tau)"
-    )
-    print(f"test_acc ~ {pred.slope:.3f} * premem + {pred.intercept:.3f}\n")
-    rows = [("premem", FEATURES["premem"], pred.r2, pred.r2_loro, pred.mae, pred.mae_loro)]
-    rows += [(k, FEATURES[k], b.r2, b.r2_loro, b.mae, b.mae_loro) for k, b in pred.baselines.items()]
-    print(f"{'predictor':<34} {'R2':>7} {'LORO R2':>8} {'MAE':>7} {'LORO MAE':>9}")
-    for _, label, r2, r2l, mae, mael in rows:
-        print(f"{label:<34} {r2:>7.3f} {r2l:>8.3f} {mae:>7.3f} {mael:>9.3f}")
+    print(fit_table(pred))
     if pred.tau_per_run:
         print(f"\ntau chosen for each held-out run: {sorted(set(pred.tau_per_run.values()))}")
     cols = ["run", "step", "premem", "train_acc", "frac_memorized", "test_acc", "predicted", "predicted_loro"]
     print("\n" + pred.points[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
     if args.plot:
         print(f"\nplot: {args.plot}")
+    return 0
+
+
+def fit_table(pred) -> str:
+    """The R² / leave-one-run-out table of premem and its baselines, as `premem predict` prints it."""
+    from premem.metrics.premem import FEATURES
+
+    lines = [
+        f"{pred.n_runs} runs, {pred.n_points} checkpoints with test scores; "
+        f"tau = {pred.tau:g} ({pred.tau_mode}; memorized when log(log(ppl)) < tau)",
+        f"test_acc ~ {pred.slope:.3f} * premem + {pred.intercept:.3f}",
+        "",
+        f"{'predictor':<34} {'R2':>7} {'LORO R2':>8} {'MAE':>7} {'LORO MAE':>9}",
+    ]
+    rows = [(FEATURES["premem"], pred.r2, pred.r2_loro, pred.mae, pred.mae_loro)]
+    rows += [(FEATURES[k], b.r2, b.r2_loro, b.mae, b.mae_loro) for k, b in pred.baselines.items()]
+    lines += [f"{label:<34} {r2:>7.3f} {r2l:>8.3f} {mae:>7.3f} {mael:>9.3f}" for label, r2, r2l, mae, mael in rows]
+    return "\n".join(lines)
+
+
+# -- quickstart ------------------------------------------------------------------------------
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from premem.config import load_config
+    from premem.recipes.quickstart import QuickstartConfig, quickstart
+
+    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+    cfg = load_config(QuickstartConfig, args.config, overrides)
+    result = quickstart(cfg)
+    took = result.seconds
+    print(f"\npremem quickstart: {len(result.runs)} runs in {result.out} ({sum(took.values()):.0f} s: "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in took.items()) + ")\n")
+    print(fit_table(result.prediction))
+    print(f"\ncurated subset (lowest pre-memorization accuracy): {result.curated}")
+    print(f"report: {result.report}")
     return 0
 
 
@@ -215,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"premem {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser(
+        "quickstart",
+        help="the whole story on a CPU in minutes: benchmark, train, score, predict, curate, report",
+        description="Build the tiny arithmetic reasoning benchmark and a tiny base model, train a sweep of SFT runs, "
+        "score every checkpoint on Ray actors, predict test accuracy from training metrics, write the examples "
+        "with the lowest pre-memorization accuracy and an HTML report. A second invocation reuses finished work. "
+        "Settings: --config YAML (see configs/quickstart.yaml) and/or KEY=VALUE overrides, "
+        "e.g. sweep.lr=[1e-3,3e-3] actors=2.",
+    )
+    p.add_argument("--out", help="directory for everything (default premem-quickstart)")
+    p.add_argument("--config", help="YAML quickstart config")
+    p.set_defaults(func=cmd_quickstart, overrides=[])
 
     p = verbs.add_parser(
         "predict",

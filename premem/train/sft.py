@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
 import logging
 import os
 import re
@@ -53,7 +54,8 @@ _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9._=+-]+$")
 # Settings that make two runs different runs: a finished run is reused only if these match.
 _SAME_RUN_KEYS = ("model_path", "lr", "epochs", "data_fraction", "seed", "batch_size", "template", "max_length",
-                  "train_fingerprint", "lr_scheduler", "warmup_ratio", "weight_decay")
+                  "train_fingerprint", "lr_scheduler", "warmup_ratio", "weight_decay", "save_every",
+                  "checkpoints_asked")
 
 
 @dataclass
@@ -100,6 +102,9 @@ class TrainConfig:
     """Longest prompt + target in tokens; a longer example is an error (it would be truncated or dropped)."""
     save_every: str | int = "epoch"
     """Checkpoint frequency: "epoch", or a number of optimizer steps (the last step is always saved)."""
+    checkpoints: int = 0
+    """If > 0: save about this many evenly spaced checkpoints instead (save_every is then ignored), so
+    short and long runs of a sweep get the same number of points to score."""
     warmup_ratio: float = 0.0
     """Fraction of the steps spent warming the learning rate up from 0."""
     weight_decay: float = 0.0
@@ -152,6 +157,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         weight_decay=_number(cfg.weight_decay, "weight_decay", float, low=0.0),
         threads=_number(cfg.threads, "threads", int, low=1),
         workers=_number(cfg.workers, "workers", int, low=1),
+        checkpoints=_number(cfg.checkpoints, "checkpoints", int, low=0),
     )
     if c.save_every != "epoch":
         if isinstance(c.save_every, str) and not c.save_every.strip().isdigit():
@@ -293,6 +299,7 @@ def _run(cfg: TrainConfig, run_dir: Path, name: str) -> Path:
         "weight_decay": cfg.weight_decay,
         "grad_accum": cfg.grad_accum,
         "save_every": cfg.save_every,
+        "checkpoints_asked": cfg.checkpoints,
         "train_path": data.path,
         "train_fingerprint": data.fingerprint,
         "finished": False,
@@ -418,7 +425,12 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], world_size:
         use_safetensors=None if cfg.allow_pickle else True,
         local_files_only=True,
     )
-    by_epoch = cfg.save_every == "epoch"
+    save_steps = cfg.save_every
+    if cfg.checkpoints:
+        # the trainer's step count: each optimizer step takes batch_size examples over all workers
+        total = math.ceil(len(rows) / cfg.batch_size) * cfg.epochs
+        save_steps = max(1, math.ceil(total / cfg.checkpoints))
+    by_epoch = save_steps == "epoch"
     args = SFTConfig(
         output_dir=str(run_dir),
         per_device_train_batch_size=cfg.batch_size // (world_size * cfg.grad_accum),
@@ -431,9 +443,9 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], world_size:
         seed=cfg.seed,
         data_seed=cfg.seed,
         save_strategy="epoch" if by_epoch else "steps",
-        save_steps=1 if by_epoch else cfg.save_every,
+        save_steps=1 if by_epoch else save_steps,
         save_only_model=True,  # weights, config, tokenizer, trainer_state.json: what scoring needs
-        logging_steps=1,
+        logging_steps=0.1,  # a fraction of the run: ten loss lines per run, not one per step
         report_to="none",
         disable_tqdm=not cfg.progress,
         use_cpu=not cfg.use_gpu,

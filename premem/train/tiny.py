@@ -116,6 +116,7 @@ def pretrain_briefly(
     batch_size: int = 16,
     block_size: int = 128,
     threads: int | None = None,
+    progress: bool = False,
 ) -> float:
     """A few hundred plain causal-LM steps on texts; saves the model back into model_dir.
 
@@ -146,12 +147,14 @@ def pretrain_briefly(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / max(steps, 1)))
     )
+    from tqdm.auto import tqdm
+
     model.train()
     loss = float("nan")
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
-        for _ in range(steps):
+        for _ in (bar := tqdm(range(steps), desc="pretraining", unit="step", disable=not progress)):
             starts = torch.randint(0, len(stream) - block_size, (batch_size,), generator=g)
             x = torch.stack([stream[s : s + block_size] for s in starts])
             out = model(input_ids=x, labels=x)  # labels are shifted inside the model
@@ -161,6 +164,7 @@ def pretrain_briefly(
             sched.step()
             opt.zero_grad(set_to_none=True)
             loss = out.loss.item()
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
     finally:
         torch.set_num_threads(before)
     model.eval()

@@ -96,6 +96,13 @@ def test_save_every_n_steps_keeps_the_last_step(config):
     assert epochs == [0.6, 1.2, 1.8, 2.0]
 
 
+def test_evenly_spaced_checkpoints_whatever_the_run_length(config):
+    # 40 examples, batch 8: 5 steps an epoch; 4 checkpoints asked of 10 and of 25 steps
+    assert [c.step for c in find_checkpoints(train(config(checkpoints=4)))] == [3, 6, 9, 10]
+    long = train(config(checkpoints=4, epochs=5, out=str(Path(config().out).parent / "long")))
+    assert [c.step for c in find_checkpoints(long)] == [7, 14, 21, 25]
+
+
 def test_data_fraction_is_a_seeded_recorded_subset(config):
     run = train(config(data_fraction=0.5, seed=1, epochs=1))
     info = json.loads((run / RUN_INFO).read_text())

@@ -1,0 +1,160 @@
+"""A tiny reasoning benchmark: seeded multi-step arithmetic word problems in GSM8K form.
+
+    Mia has 23 shells. Mia finds 7 more shells. Mia loses 5 shells. How many shells does Mia have now?
+    Mia starts with 23 shells. After finding 7, that is 23 + 7 = 30. Losing 5 leaves 30 - 5 = 25. #### 25
+
+Small enough that a model of a few hundred thousand parameters, trained for minutes on a CPU,
+shows the pre-memorization paper's phenomenon (DESIGN.md §1): it learns to solve the problems
+its own way, then, with enough epochs, copies the training traces word for word.
+
+Two parts of a trace matter, and their ratio is the knob:
+- computation: the numbers and the running total, which the question determines. Getting
+  them right on an unseen problem is the skill test accuracy measures.
+- memorizable detail: which of several equally valid phrasings each step uses, chosen at
+  random per example. Nothing in the question predicts it, so the gold trace's perplexity
+  stays high until the model has seen that very example often enough to copy it; then it
+  falls towards 1 (memorization), and the model's answer to that training query is right
+  because it is recalled, not computed.
+
+`pretraining_texts` gives related text for the model to start from: bare arithmetic facts
+("23 + 7 = 30") and problems phrased differently from the finetuning traces, so finetuning
+teaches the format and sharpens a skill the model already has some of.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from premem.files import atomic_path
+
+NAMES = (
+    "Mia Leo Ava Noah Emma Liam Zoe Omar Ivy Finn Ruby Eli Nora Theo Lily Max Aria Sam Isla Kai "
+    "Jade Owen Maya Hugo Rosa Ezra Lena Jack Cleo Amir"
+).split()
+ITEMS = "shells stamps marbles apples books coins cards pencils stickers cookies beads plums".split()
+
+# Each operation: how the question says it, and the equally valid ways a solution may say it.
+# {n}: the operand, {a}: the running total before, {b}: after, {item}: the thing counted.
+OPS = {
+    "+": (
+        ["{name} finds {n} more {item}.", "{name} gets {n} more {item}.", "{name} buys {n} {item}."],
+        [
+            "After adding {n}, that is {a} + {n} = {b}.",
+            "Then {a} + {n} = {b} {item}.",
+            "Adding {n} gives {a} + {n} = {b}.",
+            "With {n} more, {a} + {n} = {b}.",
+            "So now {a} + {n} = {b}.",
+            "Next, {a} + {n} = {b} in total.",
+        ],
+    ),
+    "-": (
+        ["{name} loses {n} {item}.", "{name} gives away {n} {item}.", "{name} uses {n} {item}."],
+        [
+            "Taking away {n} leaves {a} - {n} = {b}.",
+            "Then {a} - {n} = {b} {item}.",
+            "Removing {n} gives {a} - {n} = {b}.",
+            "With {n} fewer, {a} - {n} = {b}.",
+            "So now {a} - {n} = {b}.",
+            "Next, {a} - {n} = {b} are left.",
+        ],
+    ),
+}
+STARTS = [
+    "{name} starts with {a} {item}.",
+    "At first {name} has {a} {item}.",
+    "In the beginning there are {a} {item}.",
+    "{name} begins with {a}.",
+]
+# the pretraining corpus's own phrasing: same skill, other words
+PRETRAIN_STEP = {"+": "{a} plus {n} makes {b}.", "-": "{a} minus {n} makes {b}."}
+
+
+@dataclass
+class ArithConfig:
+    """How the tiny benchmark's problems are generated."""
+
+    n_train: int = 512
+    """Training problems."""
+    n_test: int = 256
+    """Held-out test problems (never a training question)."""
+    steps: tuple[int, int] = (2, 3)
+    """Fewest and most operations per problem."""
+    max_number: int = 40
+    """Largest starting amount and running total."""
+    max_operand: int = 12
+    """Largest number added or taken away in one step."""
+    phrasings: int = 6
+    """Phrasings to choose from per solution step (1..6): the memorizable detail."""
+    seed: int = 0
+    """Everything is a function of this seed."""
+
+
+def problem(rng: random.Random, cfg: ArithConfig) -> dict:
+    """One problem: question, GSM8K-style answer ("... #### 25") and the final number."""
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    total = rng.randint(2, cfg.max_number)
+    question = [f"{name} has {total} {item}."]
+    solution = [rng.choice(STARTS).format(name=name, a=total, item=item)]
+    chain = []  # (op, before, operand, after) per step
+    for _ in range(rng.randint(*cfg.steps)):
+        # keep the running total within 0..max_number, so every fact stays in the learnable range
+        ops = [op for op in "+-" if (op == "+" and total + 1 <= cfg.max_number) or (op == "-" and total >= 1)]
+        op = rng.choice(ops)
+        room = cfg.max_number - total if op == "+" else total
+        n = rng.randint(1, min(cfg.max_operand, room))
+        new = total + n if op == "+" else total - n
+        said, solved = OPS[op]
+        question.append(rng.choice(said).format(name=name, n=n, item=item))
+        # draw from all phrasings, then fold: the random stream (so the questions) is the same for any cfg.phrasings
+        solution.append(solved[rng.randrange(len(solved)) % cfg.phrasings].format(a=total, n=n, b=new, item=item))
+        chain.append((op, total, n, new))
+        total = new
+    question.append(f"How many {item} does {name} have now?")
+    return {"question": " ".join(question), "answer": " ".join(solution) + f" #### {total}", "final": total, "chain": chain}
+
+
+def generate(cfg: ArithConfig) -> tuple[list[dict], list[dict]]:
+    """(train, test) problems; test questions never occur in train."""
+    rng = random.Random(cfg.seed)
+    seen: set[str] = set()
+    out: list[dict] = []
+    while len(out) < cfg.n_train + cfg.n_test:
+        p = problem(rng, cfg)
+        if p["question"] not in seen:
+            seen.add(p["question"])
+            out.append(p)
+    return out[: cfg.n_train], out[cfg.n_train :]
+
+
+def pretraining_texts(cfg: ArithConfig, n_problems: int = 2000, fact_passes: int = 4, seed: int = 1) -> list[str]:
+    """Related text to pretrain on: every addition/subtraction fact in range, and problems
+    solved in the corpus's own phrasing (fresh questions, none from train or test)."""
+    facts = [f"{a} + {n} = {a + n}." for a in range(cfg.max_number + 1) for n in range(1, cfg.max_operand + 1)]
+    facts += [f"{a} - {n} = {a - n}." for a in range(cfg.max_number + 1) for n in range(1, min(a, cfg.max_operand) + 1)]
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(fact_passes):  # every fact fact_passes times, eight to a line, in a random order
+        rng.shuffle(facts)
+        texts += [" ".join(facts[i : i + 8]) for i in range(0, len(facts), 8)]
+    n_facts = len(texts)
+    train, test = generate(cfg)
+    taken = {p["question"] for p in train + test}
+    while len(texts) < n_facts + n_problems:
+        p = problem(rng, cfg)
+        if p["question"] in taken:
+            continue
+        plain = [PRETRAIN_STEP[op].format(a=a, n=n, b=b) for op, a, n, b in p["chain"]]
+        texts.append(p["question"] + "\nAnswer: " + " ".join(plain) + f" #### {p['final']}")
+    return texts
+
+
+def write_jsonl(rows: list[dict], path: str | Path) -> Path:
+    """Rows as GSM8K-form JSONL (question, answer), written atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            for r in rows:
+                f.write(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n")
+    return Path(path)

@@ -1,0 +1,1 @@
+"""Recipes: whole jobs composed from the library (each a config dataclass and one function)."""

@@ -1,0 +1,206 @@
+"""`premem quickstart`: the whole story on a CPU in minutes, with nothing to download.
+
+    1. benchmark   seeded arithmetic word problems in GSM8K form (premem.data.arith)
+    2. base model  a tiny Llama and tokenizer built locally, pretrained briefly on related text
+    3. train       a sweep of SFT runs (lr x epochs x data fraction) with premem train
+    4. score       every checkpoint of every run, on Ray actors (premem score)
+    5. predict     test accuracy from training metrics alone (premem predict)
+    6. curate      the training examples with the lowest pre-memorization accuracy
+    7. report      one self-contained HTML file (premem report)
+
+Everything lands under `out`. Each stage reuses finished work: the benchmark is regenerated
+identically from its seed, the base model is kept while its settings match, finished runs are
+skipped by the sweep, and scoring resumes by construction. So a second invocation is quick,
+and a killed one picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from premem.data import DataConfig, load_example_set
+from premem.data.arith import ArithConfig, generate, pretraining_texts, write_jsonl
+from premem.errors import InputError
+from premem.files import atomic_path
+from premem.sampling.backend import BackendOptions, SamplingParams
+from premem.train.sft import SweepConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BaseModelConfig:
+    """The tiny decoder every run starts from."""
+
+    hidden_size: int = 64
+    """Width (heads * 32: head size 32 is one vLLM's CPU kernels support)."""
+    layers: int = 2
+    """Transformer blocks."""
+    heads: int = 2
+    """Attention heads."""
+    vocab_size: int = 1024
+    """Byte-level BPE vocabulary trained on the benchmark's text."""
+    pretrain_steps: int = 800
+    """Causal-LM steps on the related text before any finetuning."""
+    pretrain_lr: float = 3e-3
+    """Peak learning rate of the pretraining."""
+    pretrain_problems: int = 2000
+    """Problems, in the pretraining corpus's own phrasing, among the related text."""
+    fact_passes: int = 8
+    """Times each arithmetic fact appears in the related text."""
+    seed: int = 0
+    """Seed of the initial weights and of the pretraining batches."""
+
+
+@dataclass
+class QuickstartConfig:
+    """What `premem quickstart` builds, trains, scores and writes."""
+
+    out: str = "premem-quickstart"
+    """Directory for everything: data/, base/, runs/, store/, predict.png, curated.jsonl, report.html."""
+    benchmark: ArithConfig = field(default_factory=lambda: ArithConfig(n_train=256, n_test=128, max_number=20, max_operand=6))
+    """The tiny reasoning benchmark."""
+    model: BaseModelConfig = field(default_factory=BaseModelConfig)
+    """The tiny base model."""
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(batch_size=8, lr=3e-3, epochs=8, checkpoints=5, max_length=512)
+    )
+    """Settings every run shares (model, train data and out are filled in by the quickstart)."""
+    sweep: SweepConfig = field(
+        default_factory=lambda: SweepConfig(lr=[1e-3, 3e-3], epochs=[3, 24], data_fraction=[0.25, 1.0])
+    )
+    """The grid of runs: one per combination."""
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(samples=4, max_new_tokens=96))
+    """How answers are sampled at every checkpoint."""
+    actors: int = 2
+    """Ray sampler actors (one thread each)."""
+    tau: str | float = "auto"
+    """Memorization threshold on log(log(ppl)), or auto (chosen by nested leave-one-run-out)."""
+    curate_fraction: float = 0.25
+    """Share of the training examples, lowest pre-memorization accuracy first, in curated.jsonl."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+@dataclass
+class QuickstartResult:
+    out: Path
+    runs: list[str]
+    prediction: object  # premem.metrics.predict.Prediction
+    report: Path
+    curated: Path
+    seconds: dict[str, float]
+
+
+def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
+    """Run every stage into cfg.out, reusing what an earlier invocation finished."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"out: {out} exists and is not a directory")
+    seconds: dict[str, float] = {}
+
+    def stage(name: str):
+        seconds[name] = time.perf_counter()
+        log.info("quickstart: %s", name)
+
+    stage("benchmark")
+    train_path, test_path = write_benchmark(cfg.benchmark, out / "data")
+    stage("base model")
+    base = build_base_model(cfg.model, cfg.benchmark, out / "base", cfg.progress)
+    stage("train")
+    run_dirs = train_runs(cfg, base, train_path, out / "runs")
+    stage("score")
+    store = score_runs(cfg, run_dirs, train_path, test_path, out / "store")
+    stage("predict")
+    from premem.metrics.predict import predict
+    from premem.metrics.premem import TrainingCurves
+    from premem.report.plots import prediction_scatter
+    from premem.store import ScoreStore
+
+    curves = TrainingCurves.from_store(ScoreStore(store))
+    prediction = predict(curves, cfg.tau)
+    prediction_scatter(prediction, out / "predict.png")
+    stage("curate")
+    from premem.curate import example_scores, lowest_premem, write_subset
+
+    scores = example_scores(curves, prediction.tau)
+    curated = write_subset(
+        lowest_premem(scores, cfg.curate_fraction), load_example_set(DataConfig(path=str(train_path))), out / "curated.jsonl"
+    )
+    stage("report")
+    from premem.report import build_report
+
+    report = build_report(store, out / "report.html", prediction.tau)
+    seconds["end"] = time.perf_counter()
+    names = list(seconds)
+    took = {a: round(seconds[b] - seconds[a], 1) for a, b in zip(names, names[1:])}
+    with atomic_path(out / "summary.json") as tmp:
+        fit = {k: v for k, v in prediction.to_dict().items() if k != "points"}
+        tmp.write_text(json.dumps({"seconds": took, "runs": [d.name for d in run_dirs], "prediction": fit}, indent=1))
+    return QuickstartResult(out, [d.name for d in run_dirs], prediction, report, curated, took)
+
+
+def write_benchmark(cfg: ArithConfig, data_dir: Path) -> tuple[Path, Path]:
+    """train.jsonl and test.jsonl; the same seed writes the same files, so later stages can reuse work."""
+    train, test = generate(cfg)
+    paths = data_dir / "train.jsonl", data_dir / "test.jsonl"
+    for rows, path in zip((train, test), paths):
+        write_jsonl(rows, path)
+    return paths
+
+
+def build_base_model(cfg: BaseModelConfig, bench: ArithConfig, base: Path, progress: bool = True) -> Path:
+    """The tiny model, pretrained on related text; reused while its settings are unchanged."""
+    from premem.train.tiny import build_tiny_model, pretrain_briefly
+
+    marker = base / "premem_base.json"
+    settings = {"model": dataclasses.asdict(cfg), "benchmark": dataclasses.asdict(bench)}
+    if marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(settings)):
+        log.info("base model: reusing %s", base)
+        return base
+    marker.unlink(missing_ok=True)
+    texts = pretraining_texts(bench, n_problems=cfg.pretrain_problems, fact_passes=cfg.fact_passes)
+    # the tokenizer also sees the finetuning traces, so their words are whole tokens
+    vocab_text = texts + [r["question"] + "\nAnswer: " + r["answer"] for r in generate(bench)[0]]
+    build_tiny_model(vocab_text, base, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, layers=cfg.layers,
+                     heads=cfg.heads, seed=cfg.seed)
+    loss = pretrain_briefly(base, texts, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr, seed=cfg.seed, threads=1,
+                             progress=progress)
+    log.info("base model: pretrained %d steps, last loss %.3f", cfg.pretrain_steps, loss)
+    with atomic_path(marker) as tmp:
+        tmp.write_text(json.dumps(settings, indent=1))
+    return base
+
+
+def train_runs(cfg: QuickstartConfig, base: Path, train_path: Path, runs_dir: Path) -> list[Path]:
+    from premem.train.sft import sweep
+
+    run_cfg = dataclasses.replace(
+        cfg.train, model=str(base), train=DataConfig(path=str(train_path)), out=str(runs_dir), progress=cfg.progress
+    )
+    return sweep(run_cfg, cfg.sweep)
+
+
+def score_runs(cfg: QuickstartConfig, run_dirs: list[Path], train_path: Path, test_path: Path, store: Path) -> Path:
+    from premem.sampling.job import ScoreConfig, score
+
+    for run in run_dirs:
+        score(
+            ScoreConfig(
+                run=str(run),
+                store=str(store),
+                train=DataConfig(path=str(train_path)),
+                test=DataConfig(path=str(test_path)),
+                sampling=cfg.sampling,
+                options=BackendOptions(threads=1, batch_size=64),
+                actors=cfg.actors,
+                shard_size=64,
+                progress=cfg.progress,
+            )
+        )
+    return store

@@ -1,0 +1,54 @@
+import json
+
+from premem.data import DataConfig, load_example_set
+from premem.data.arith import ArithConfig, generate, pretraining_texts, write_jsonl
+from premem.data.grading import grade_gold_against_solutions, get_grader
+
+
+def test_generate_is_seeded_and_test_is_held_out():
+    cfg = ArithConfig(n_train=200, n_test=100, seed=3)
+    train, test = generate(cfg)
+    assert (train, test) == generate(cfg)
+    assert generate(ArithConfig(n_train=200, n_test=100, seed=4))[0] != train
+    assert len(train) == 200 and len(test) == 100
+    assert not {r["question"] for r in train} & {r["question"] for r in test}
+
+
+def test_traces_compute_the_answer_in_range():
+    cfg = ArithConfig(n_train=300, n_test=0, max_number=30, max_operand=9, steps=(2, 3))
+    grader = get_grader("gsm8k")
+    for r in generate(cfg)[0]:
+        ops = r["chain"]
+        assert 2 <= len(ops) <= 3
+        for op, a, n, b in ops:
+            assert 1 <= n <= 9 and 0 <= b <= 30 and b == (a + n if op == "+" else a - n)
+            assert f"{a} {op} {n} = {b}" in r["answer"]
+        assert ops[-1][3] == r["final"]
+        assert grader.grade(r["answer"], str(r["final"])).strict_correct
+
+
+def test_phrasings_are_the_memorizable_detail():
+    # same problems, one phrasing per step: the traces differ only in wording, never in numbers
+    many, one = (generate(ArithConfig(n_train=100, n_test=0, phrasings=k))[0] for k in (6, 1))
+    assert [r["question"] for r in many] == [r["question"] for r in one]
+    assert len({r["answer"].split(". ")[1].split(",")[0] for r in many}) > len(
+        {r["answer"].split(". ")[1].split(",")[0] for r in one}
+    )
+
+
+def test_pretraining_text_never_holds_a_benchmark_question():
+    cfg = ArithConfig(n_train=100, n_test=50)
+    train, test = generate(cfg)
+    texts = pretraining_texts(cfg, n_problems=300)
+    questions = {r["question"] for r in train + test}
+    assert not any(q in t for t in texts for q in questions)
+    assert any("12 + 3 = 15." in t for t in texts)
+
+
+def test_written_jsonl_loads_as_gsm8k_and_grades(tmp_path):
+    train, _ = generate(ArithConfig(n_train=20, n_test=0))
+    path = write_jsonl(train, tmp_path / "train.jsonl")
+    ds = load_example_set(DataConfig(path=str(path)))
+    assert ds.grader == "gsm8k" and len(ds.examples) == 20
+    assert ds.examples[0].answer == str(train[0]["final"])
+    assert json.loads(path.read_text().splitlines()[0]).keys() == {"question", "answer"}

@@ -1,0 +1,76 @@
+"""premem quickstart end to end, at a size that runs in about a minute: every stage real
+(TRL training, Ray actors sampling, the fit, the curated subset, the HTML report)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from premem.config import load_config
+from premem.recipes.quickstart import QuickstartConfig, quickstart
+from premem.store import ScoreStore
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = [
+    "benchmark.n_train=48", "benchmark.n_test=24", "model.pretrain_steps=60", "model.pretrain_problems=200",
+    "model.vocab_size=512", "train.checkpoints=2", "sweep.lr=[1e-3,3e-3]", "sweep.epochs=[1,3]", "sweep.data_fraction=[1.0]",
+    "sampling.samples=2", "sampling.max_new_tokens=48", "actors=1", "progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qs") / "out"
+    cfg = load_config(QuickstartConfig, None, SMALL + [f"out={out}"])
+    return cfg, quickstart(cfg)
+
+
+@pytest.mark.slow
+def test_quickstart_writes_every_stage(first):
+    cfg, result = first
+    out = Path(cfg.out)
+    assert sorted(result.runs) == ["lr1e-3_ep1_frac1_s0", "lr1e-3_ep3_frac1_s0", "lr3e-3_ep1_frac1_s0",
+                                   "lr3e-3_ep3_frac1_s0"]
+    store = ScoreStore(out / "store")
+    runs = store.runs()
+    assert set(runs["run"]) == set(result.runs) and {"lr", "epochs", "data_fraction"} <= set(runs.columns)
+    train = store.read("train_scores")
+    assert set(train["example_id"]) == set(range(48)) and train["perplexity"].gt(1).all()
+    assert set(store.read("test_scores")["example_id"]) == set(range(24))
+    assert result.prediction.n_runs == 4 and result.prediction.n_points >= 4
+    curated = [json.loads(line) for line in (out / "curated.jsonl").read_text().splitlines()]
+    assert len(curated) == 12  # a quarter of 48
+    assert [c["premem"] for c in curated] == sorted(c["premem"] for c in curated)
+    html = (out / "report.html").read_text()
+    assert html.count("<img") >= 4 and "http://" not in html and "https://" not in html
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["seconds"]) == {"benchmark", "base model", "train", "score", "predict", "curate", "report"}
+
+
+@pytest.mark.slow
+def test_second_invocation_reuses_finished_work(first):
+    cfg, result = first
+    out = Path(cfg.out)
+    weights = sorted(out.glob("runs/*/checkpoint-*/model.safetensors")) + [out / "base" / "model.safetensors"]
+    before = {p: p.stat().st_mtime_ns for p in weights}
+    scores = ScoreStore(out / "store").read("train_scores")
+    again = quickstart(cfg)
+    assert {p: p.stat().st_mtime_ns for p in weights} == before  # nothing retrained
+    assert again.seconds["train"] < 10 and again.seconds["score"] < 10 and again.seconds["base model"] < 5
+    pd.testing.assert_frame_equal(ScoreStore(out / "store").read("train_scores"), scores)
+    assert again.prediction.r2 == pytest.approx(result.prediction.r2)
+
+
+def test_quickstart_cli_rejects_bad_settings(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "premem.cli", "quickstart", "--out", str(tmp_path / "q"), "sweep.lr=[fast]"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "sweep.lr[0]" in lines[0] and "expected a number" in lines[0]
+    assert not (tmp_path / "q").exists()
