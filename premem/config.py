@@ -73,6 +73,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     for name, value in data.items():
         sub = _dataclass_in(hints[name])
         if sub and isinstance(value, dict):
+            # a section given in part keeps the rest of its default: `sweep.lr=[...]` changes lr only
+            default = _default(fields[name])
+            if dataclasses.is_dataclass(default):
+                value = _merge(dataclasses.asdict(default), value)
             kwargs[name] = from_dict(sub, value, f"{where}.{name}")
         else:
             kwargs[name] = coerce(hints[name], value, f"{where}.{name}")
@@ -130,6 +134,19 @@ def _dataclass_in(tp: Any) -> type | None:
             if dataclasses.is_dataclass(arg):
                 return arg
     return None
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _merge(base: dict, given: dict) -> dict:
+    out = dict(base)
+    for k, v in given.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _deepcopy(d: dict) -> dict:

@@ -47,3 +47,28 @@ def test_yaml_1_1_exponents_become_floats(tmp_path):
 def test_values_that_do_not_fit_name_the_field(override, field_name):
     with pytest.raises(InputError, match=field_name.replace("[", r"\[").replace("]", r"\]")):
         load_config(Outer, None, [override])
+
+
+@dataclass
+class Grid:
+    a: list[int] | None = None
+    """a"""
+    b: list[int] | None = None
+    """b"""
+
+
+@dataclass
+class WithDefaults:
+    grid: Grid = field(default_factory=lambda: Grid(a=[1, 2], b=[3]))
+    """a section whose default is not all-None"""
+    maybe: Grid | None = None
+    """a section with no default"""
+
+
+def test_a_section_given_in_part_keeps_its_other_defaults(tmp_path):
+    cfg = load_config(WithDefaults, None, ["grid.b=[7,8]", "maybe.a=[5]"])
+    assert cfg.grid == Grid(a=[1, 2], b=[7, 8])
+    assert cfg.maybe == Grid(a=[5], b=None)
+    path = tmp_path / "c.yaml"
+    path.write_text("grid:\n  a: [9]\n")
+    assert load_config(WithDefaults, path).grid == Grid(a=[9], b=[3])

@@ -145,6 +145,8 @@ def predict(curves: TrainingCurves, tau: float | str = -2.3, grid: tuple[float, 
     n_runs = len(np.unique(runs))
     if n_runs < 2:
         raise InputError(f"predict needs test scores for at least 2 runs (the store has {n_runs})")
+    if auto and n_runs < 3:  # nested leave-one-run-out: each held-out run's tau is chosen on >= 2 others
+        raise InputError(f"tau=auto needs test scores for at least 3 runs (the store has {n_runs}); give tau a number")
     y = any_points["test_acc"].to_numpy(dtype=float)[scored]
     premem_x = {t: p["premem"].to_numpy(dtype=float)[scored] for t, p in points_by_tau.items()}
 

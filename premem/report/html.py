@@ -57,9 +57,12 @@ def fit(curves: TrainingCurves, tau: float | str) -> tuple[Prediction | None, fl
     """The prediction (None when it cannot be fitted), the tau to use, and a note saying why not."""
     scored = curves.test.merge(curves.frame[["run", "step"]].drop_duplicates(), on=["run", "step"])
     n = scored["run"].nunique()
-    if n >= 2:
+    if n >= 3 or (n == 2 and tau != "auto"):
         pred = predict(curves, tau)
         return pred, pred.tau, ""
+    if n == 2:  # nested leave-one-run-out needs two runs left to choose each held-out run's tau
+        pred = predict(curves, PAPER_TAU)
+        return pred, PAPER_TAU, f"tau=auto needs test scores for at least 3 runs: using the paper's GSM8K value {PAPER_TAU:g}"
     why = "the store has no test scores" if curves.test.empty else f"test scores cover only {n} run{'s' * (n != 1)} with train scores"
     note = f"{why}; predicting test accuracy needs at least 2 runs with test scores, so it is skipped"
     if tau == "auto":
@@ -149,7 +152,7 @@ def tau_html(pred, tau_asked, tau) -> str:
         per_run = sorted(set(pred.tau_per_run.values()))
         how = f"auto: best leave-one-run-out R² over a grid; per held-out run {', '.join(f'{t:g}' for t in per_run)}"
     elif tau_asked == "auto":
-        how = "auto not possible without test scores; paper default"
+        how = "auto needs test scores for at least 3 runs; paper default"
     return f"<b>{tau:g}</b> ({escape(how)}); an example counts as memorized when log(log(ppl)) &lt; tau, i.e. ppl &lt; {ppl:.4f}"
 
 
