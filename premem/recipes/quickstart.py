@@ -68,11 +68,11 @@ class QuickstartConfig:
     model: BaseModelConfig = field(default_factory=BaseModelConfig)
     """The tiny base model."""
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(batch_size=8, lr=3e-3, epochs=8, checkpoints=5, max_length=512)
+        default_factory=lambda: TrainConfig(batch_size=8, lr=3e-3, epochs=8, save_every="doubling", max_length=512)
     )
     """Settings every run shares (model, train data and out are filled in by the quickstart)."""
     sweep: SweepConfig = field(
-        default_factory=lambda: SweepConfig(lr=[1e-3, 3e-3], epochs=[3, 24], data_fraction=[0.25, 1.0])
+        default_factory=lambda: SweepConfig(lr=[1e-3, 3e-3], epochs=[4, 32], data_fraction=[0.25, 1.0])
     )
     """The grid of runs: one per combination."""
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(samples=4, max_new_tokens=96))

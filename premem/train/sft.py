@@ -101,7 +101,9 @@ class TrainConfig:
     max_length: int = 1024
     """Longest prompt + target in tokens; a longer example is an error (it would be truncated or dropped)."""
     save_every: str | int = "epoch"
-    """Checkpoint frequency: "epoch", or a number of optimizer steps (the last step is always saved)."""
+    """Checkpoint frequency: "epoch"; "doubling" (epochs 1, 2, 4, 8, ... and the last: dense while the model
+    still solves problems its own way, sparse once it has memorized them); or a number of optimizer steps
+    (the last step is always saved)."""
     checkpoints: int = 0
     """If > 0: save about this many evenly spaced checkpoints instead (save_every is then ignored), so
     short and long runs of a sweep get the same number of points to score."""
@@ -159,9 +161,9 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         workers=_number(cfg.workers, "workers", int, low=1),
         checkpoints=_number(cfg.checkpoints, "checkpoints", int, low=0),
     )
-    if c.save_every != "epoch":
+    if c.save_every not in ("epoch", "doubling"):
         if isinstance(c.save_every, str) and not c.save_every.strip().isdigit():
-            raise InputError(f"save_every: expected 'epoch' or a number of steps, got {c.save_every!r}")
+            raise InputError(f"save_every: expected 'epoch', 'doubling' or a number of steps, got {c.save_every!r}")
         c.save_every = _number(c.save_every, "save_every", int, low=1)
     if c.batch_size % (c.workers * c.grad_accum):
         raise InputError(
@@ -430,7 +432,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], world_size:
         # the trainer's step count: each optimizer step takes batch_size examples over all workers
         total = math.ceil(len(rows) / cfg.batch_size) * cfg.epochs
         save_steps = max(1, math.ceil(total / cfg.checkpoints))
-    by_epoch = save_steps == "epoch"
+    by_epoch = save_steps in ("epoch", "doubling")
     args = SFTConfig(
         output_dir=str(run_dir),
         per_device_train_batch_size=cfg.batch_size // (world_size * cfg.grad_accum),
@@ -459,9 +461,29 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], world_size:
     # example_id rides along for the record; the trainer drops columns the model does not take
     dataset = Dataset.from_list(rows)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    if save_steps == "doubling":
+        trainer.add_callback(doubling_epochs())
     if not cfg.progress:  # without a progress bar the Trainer prints every log line instead
         trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def doubling_epochs():
+    """A callback keeping the checkpoints of epochs 1, 2, 4, 8, ... and the last step."""
+    from transformers import TrainerCallback
+
+    class DoublingEpochs(TrainerCallback):
+        """Keep the epoch-end saves of epochs 1, 2, 4, 8, ... and the last; drop the others.
+
+        Runs after the trainer's own flow callback, which asks for a save at every epoch end."""
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            epoch = round(state.epoch)
+            last = state.global_step >= state.max_steps
+            control.should_save = last or (epoch & (epoch - 1) == 0)
+            return control
+
+    return DoublingEpochs()
 
 
 def fit(cfg: TrainConfig, run_dir: Path, rows: list[dict], world_size: int = 1, rank: int = 0) -> dict:

@@ -103,6 +103,13 @@ def test_evenly_spaced_checkpoints_whatever_the_run_length(config):
     assert [c.step for c in find_checkpoints(long)] == [7, 14, 21, 25]
 
 
+def test_doubling_keeps_epochs_1_2_4_8_and_the_last(config):
+    run = train(config(save_every="doubling", epochs=10))  # 5 steps an epoch
+    assert [c.step for c in find_checkpoints(run)] == [5, 10, 20, 40, 50]
+    epochs = [c["epoch"] for c in json.loads((run / RUN_INFO).read_text())["checkpoints"]]
+    assert epochs == [1, 2, 4, 8, 10]
+
+
 def test_data_fraction_is_a_seeded_recorded_subset(config):
     run = train(config(data_fraction=0.5, seed=1, epochs=1))
     info = json.loads((run / RUN_INFO).read_text())
@@ -162,7 +169,7 @@ def test_run_names():
         ({"epochs": 1.5}, "epochs: expected an integer"),
         ({"data_fraction": 1.5}, "data_fraction: expected a value at most 1"),
         ({"batch_size": 9, "workers": 2}, "batch_size: 9 examples per step do not split evenly"),
-        ({"save_every": "often"}, "save_every: expected 'epoch' or a number of steps"),
+        ({"save_every": "often"}, "save_every: expected 'epoch', 'doubling' or a number of steps"),
         ({"lr_scheduler": "zigzag"}, "lr_scheduler: unknown schedule 'zigzag'"),
         ({"warmup_ratio": 1}, "warmup_ratio: expected a value below 1"),
         ({"template": "fancy"}, "template: unknown template"),
