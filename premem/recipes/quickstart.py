@@ -135,7 +135,7 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     stage("report")
     from premem.report import build_report
 
-    report = build_report(store, out / "report.html", prediction.tau)
+    report = build_report(store, out / "report.html", cfg.tau)  # the report says how tau was chosen
     seconds["end"] = time.perf_counter()
     names = list(seconds)
     took = {a: round(seconds[b] - seconds[a], 1) for a, b in zip(names, names[1:])}
