@@ -99,9 +99,8 @@ class QuickstartResult:
 
 def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     """Run every stage into cfg.out, reusing what an earlier invocation finished."""
+    check(cfg)
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"out: {out} exists and is not a directory")
     seconds: dict[str, float] = {}
 
     def stage(name: str):
@@ -143,6 +142,25 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
         fit = {k: v for k, v in prediction.to_dict().items() if k != "points"}
         tmp.write_text(json.dumps({"seconds": took, "runs": [d.name for d in run_dirs], "prediction": fit}, indent=1))
     return QuickstartResult(out, [d.name for d in run_dirs], prediction, report, curated, took)
+
+
+def check(cfg: QuickstartConfig) -> None:
+    """Settings that would only fail minutes in fail now, before anything is written."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"out: {out} exists and is not a directory")
+    if not 0 < cfg.curate_fraction <= 1:
+        raise InputError(f"curate_fraction: expected a number in (0, 1], got {cfg.curate_fraction!r}")
+    if cfg.tau != "auto" and (isinstance(cfg.tau, bool) or not isinstance(cfg.tau, (int, float))):
+        raise InputError(f"tau: expected a number or auto, got {cfg.tau!r}")
+    if cfg.actors < 1:
+        raise InputError(f"actors: expected at least 1, got {cfg.actors!r}")
+    n_runs = 1
+    for values in (cfg.sweep.lr, cfg.sweep.epochs, cfg.sweep.data_fraction, cfg.sweep.seed):
+        n_runs *= len(values) if values else 1
+    if n_runs < (3 if cfg.tau == "auto" else 2):
+        raise InputError(f"sweep: {n_runs} run(s) is too few to predict test accuracy across runs "
+                         f"(tau={cfg.tau} needs {3 if cfg.tau == 'auto' else 2})")
 
 
 def write_benchmark(cfg: ArithConfig, data_dir: Path) -> tuple[Path, Path]:

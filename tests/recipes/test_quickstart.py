@@ -65,12 +65,20 @@ def test_second_invocation_reuses_finished_work(first):
     assert again.prediction.r2 == pytest.approx(result.prediction.r2)
 
 
-def test_quickstart_cli_rejects_bad_settings(tmp_path):
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["sweep.lr=[fast]"], "sweep.lr[0]: expected a number"),
+        (["curate_fraction=2"], "curate_fraction: expected a number in (0, 1]"),
+        (["sweep.lr=[1e-3,3e-3]", "sweep.epochs=[4]", "sweep.data_fraction=[1.0]"], "sweep: 2 run(s) is too few"),
+    ],
+)
+def test_quickstart_cli_rejects_bad_settings_before_writing(tmp_path, override, message):
     proc = subprocess.run(
-        [sys.executable, "-m", "premem.cli", "quickstart", "--out", str(tmp_path / "q"), "sweep.lr=[fast]"],
+        [sys.executable, "-m", "premem.cli", "quickstart", "--out", str(tmp_path / "q"), *override],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "sweep.lr[0]" in lines[0] and "expected a number" in lines[0]
+    assert len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "q").exists()
