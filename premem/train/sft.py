@@ -460,7 +460,15 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], world_size:
     )
     # example_id rides along for the record; the trainer drops columns the model does not take
     dataset = Dataset.from_list(rows)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    import datasets
+
+    was_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # TRL's five dataset passes (eos, tokenize, labels, ...) take milliseconds
+    try:
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
     if save_steps == "doubling":
         trainer.add_callback(doubling_epochs())
     if not cfg.progress:  # without a progress bar the Trainer prints every log line instead
