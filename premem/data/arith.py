@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,17 +93,20 @@ class ArithConfig:
     """Everything is a function of this seed."""
 
 
-def problem(rng: random.Random, cfg: ArithConfig) -> dict:
-    """One problem: question, GSM8K-style answer ("... #### 25") and the final number."""
+def problem(rng: random.Random, cfg: ArithConfig, ops: str | None = None) -> dict:
+    """One problem: question, GSM8K-style answer ("... #### 25") and the final number.
+
+    ops: the operations to use, e.g. "+-+" (one per step; a step that would leave 0..max_number
+    takes the other operation). None draws the number of steps and each operation at random."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     total = rng.randint(2, cfg.max_number)
     question = [f"{name} has {total} {item}."]
     solution = [rng.choice(STARTS).format(name=name, a=total, item=item)]
     chain = []  # (op, before, operand, after) per step
-    for _ in range(rng.randint(*cfg.steps)):
+    for i in range(rng.randint(*cfg.steps) if ops is None else len(ops)):
         # keep the running total within 0..max_number, so every fact stays in the learnable range
-        ops = [op for op in "+-" if (op == "+" and total + 1 <= cfg.max_number) or (op == "-" and total >= 1)]
-        op = rng.choice(ops)
+        allowed = [op for op in "+-" if (op == "+" and total + 1 <= cfg.max_number) or (op == "-" and total >= 1)]
+        op = rng.choice(allowed) if ops is None or ops[i] not in allowed else ops[i]
         room = cfg.max_number - total if op == "+" else total
         n = rng.randint(1, min(cfg.max_operand, room))
         new = total + n if op == "+" else total - n
@@ -127,6 +131,32 @@ def generate(cfg: ArithConfig) -> tuple[list[dict], list[dict]]:
             seen.add(p["question"])
             out.append(p)
     return out[: cfg.n_train], out[cfg.n_train :]
+
+
+STEP = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)")
+
+
+def structure(answer: str) -> str:
+    """The operations a GSM8K-form solution of this benchmark performs, in order: "+-+"."""
+    return "".join(m.group(2) for m in STEP.finditer(answer))
+
+
+def similar_problems(answers: list[str], cfg: ArithConfig, seed: int, avoid: set[str] = frozenset()) -> list[dict]:
+    """One new problem per given solution, with the same operations in the same order: the same
+    skills and structure, new numbers, names and things. Questions in `avoid` are never returned."""
+    rng = random.Random(seed)
+    out = []
+    for answer in answers:
+        ops = structure(answer) or None
+        for _ in range(50):  # a few draws find numbers that keep every operation in range
+            p = problem(rng, cfg, ops)
+            if p["question"] not in avoid and (ops is None or structure(p["answer"]) == ops):
+                break
+        while p["question"] in avoid:
+            p = problem(rng, cfg, ops)
+        avoid = avoid | {p["question"]}
+        out.append(p)
+    return out
 
 
 def pretraining_texts(cfg: ArithConfig, n_problems: int = 2000, fact_passes: int = 4, seed: int = 1) -> list[str]:

@@ -52,3 +52,19 @@ def test_written_jsonl_loads_as_gsm8k_and_grades(tmp_path):
     assert ds.grader == "gsm8k" and len(ds.examples) == 20
     assert ds.examples[0].answer == str(train[0]["final"])
     assert json.loads(path.read_text().splitlines()[0]).keys() == {"question", "answer"}
+
+
+def test_similar_problems_keep_the_structure_and_are_new():
+    from premem.data.arith import similar_problems, structure
+
+    cfg = ArithConfig(n_train=50, n_test=0, max_number=20, max_operand=6)
+    train, _ = generate(cfg)
+    assert generate(cfg) == (train, [])  # forcing operations elsewhere leaves the plain stream alone
+    seen = {r["question"] for r in train}
+    new = similar_problems([r["answer"] for r in train], cfg, seed=1, avoid=seen)
+    assert len(new) == 50 and not seen & {p["question"] for p in new}
+    assert len({p["question"] for p in new}) == 50
+    same = sum(structure(p["answer"]) == structure(r["answer"]) for p, r in zip(new, train))
+    assert same == 50
+    assert all(len(structure(p["answer"])) == len(structure(r["answer"])) for p, r in zip(new, train))
+    assert new == similar_problems([r["answer"] for r in train], cfg, seed=1, avoid=seen)
