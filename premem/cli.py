@@ -110,6 +110,40 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- curate ----------------------------------------------------------------------------------
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from premem.config import load_config
+    from premem.curate import CurateConfig, curate
+
+    fields = {f.name for f in dataclasses.fields(CurateConfig)}
+    # KEY=VALUE: a CurateConfig field (seed=3, data.fields.question=query) or else a strategy parameter (mode=upsample)
+    overrides = [o if o.partition("=")[0].split(".")[0] in fields else f"params.{o}" for o in args.overrides]
+    cfg = load_config(CurateConfig, args.config, overrides)
+    for key in ("store", "strategy", "budget", "out", "tau", "seed"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    if args.data is not None:  # a config's data may be a mapping (a DataConfig) or a bare path
+        cfg.data = args.data if isinstance(cfg.data, str) else dataclasses.replace(cfg.data, path=args.data)
+    if args.run:
+        cfg.runs = list(args.run)
+    cfg.overwrite = cfg.overwrite or args.overwrite
+    if not cfg.out:
+        raise InputError("curate: say where to write the subset (--out DIR)")
+    result = curate(cfg)
+    m = result.manifest
+    b, s = m["budget"], m["summary"]
+    tau = f", tau {m['tau']:g}" if m["tau"] is not None else ""
+    print(f"{m['strategy']['name']}: {b['n']} of {b['candidates']} examples (budget {b['requested']}; "
+          f"{b['rows_written']} rows written; seed {m['seed']}{tau}; runs: {', '.join(m['runs'])})")
+    mean = {k: "-" if v is None else f"{v:.3f}" for k, v in s.items()}
+    print(f"score = {m['strategy']['score']}: mean {mean['score_mean_rows']} over the rows written, "
+          f"{mean['score_mean_all']} over all candidates")
+    print(f"-> {result.subset}\n-> {result.prompt_completion}\n-> {result.out / 'manifest.json'}")
+    return 0
+
+
 # -- data ------------------------------------------------------------------------------------
 
 
@@ -292,6 +326,51 @@ def build_parser() -> argparse.ArgumentParser:
         "leave-one-run-out; without test scores auto falls back to -2.3",
     )
     p.set_defaults(func=cmd_report)
+
+    import textwrap
+
+    def curate_epilog() -> str:  # imported only for --help: the strategies module pulls in pandas
+        from premem.curate.strategies import STRATEGIES, UNAVAILABLE, describe
+
+        known = [textwrap.fill(f"{n}: {describe(n)}", 100, subsequent_indent="  ") for n in STRATEGIES]
+        known += [textwrap.fill(f"{n} (not available): {why}.", 100, subsequent_indent="  ")
+                  for n, why in UNAVAILABLE.items()]
+        return "strategies:\n\n" + "\n\n".join(known)
+
+    p = verbs.add_parser(
+        "curate",
+        help="select a curated subset of the training data from a score store, in the data's own format",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Rank the training examples a score store scored with a selection strategy and write the selected "
+            "subset to OUT in the input's format (JSONL lines byte for byte, Parquet, CSV, Hugging Face dataset "
+            "directory), the same rows as TRL prompt/completion JSONL (paper template), and manifest.json (strategy, "
+            "parameters, per-example scores and ranks, input hashes, seed, budget, runs). Strategy parameters, and "
+            "data settings such as data.fields.question=query, go as KEY=VALUE anywhere on the line.", 100),
+    )
+
+    def curate_help(parser=p, plain=p.format_help) -> str:
+        parser.epilog = curate_epilog()
+        return plain()
+
+    p.format_help = curate_help
+    p.add_argument("--config", help="YAML curate config (see configs/curate/)")
+    p.add_argument("--store", help="score store directory")
+    p.add_argument("--data", help="the training data the store scored (file or dataset directory)")
+    p.add_argument("--strategy", help="selection strategy: premem_low (default), random, loss, difficulty, cartography, "
+                   "s2l; see below")
+    p.add_argument("--budget", help="examples to select: a count (100) or a fraction in (0, 1] (0.25); default 0.25")
+    p.add_argument("--out", help="output directory (replaced if it is an earlier curate output)")
+    p.add_argument("--run", action="append", metavar="RUN", help="use this run's scores (repeat for several; default all)")
+    p.add_argument(
+        "--tau",
+        type=_tau,
+        help="memorization threshold on log(log(perplexity)) for premem_low (default -2.3), or 'auto' to choose it "
+        "as premem predict does",
+    )
+    p.add_argument("--seed", type=int, help="seed for sampling and tie-breaking (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT that is not a curate output")
+    p.set_defaults(func=cmd_curate, overrides=[])
 
     data = verbs.add_parser("data", help="load, validate and export datasets").add_subparsers(
         dest="data_verb", required=True, metavar="ACTION"
