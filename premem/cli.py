@@ -94,6 +94,31 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- experiment ------------------------------------------------------------------------------
+
+
+def cmd_experiment_curation(args: argparse.Namespace) -> int:
+    from premem.config import load_config
+    from premem.recipes.curation import CurationConfig, curves, efficiency, experiment, plot_curves
+
+    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+    cfg = load_config(CurationConfig, args.config, overrides)
+    rounds = experiment(cfg)
+    curve = curves(rounds)
+    eff = efficiency(curve)
+    out = Path(cfg.out)
+    curve.to_csv(out / "curves.csv", index=False)
+    eff.to_csv(out / "efficiency.csv", index=False)
+    plot_curves(curve, out / "curves.png")
+    print("\ntest accuracy (mean ± std over seeds) by training-set size\n")
+    table = curve.assign(acc=[f"{m:.3f} ± {s:.3f}" for m, s in zip(curve["mean"], curve["std"].fillna(0))])
+    print(table.pivot(index="strategy", columns="examples", values="acc").to_string())
+    print("\ndata efficiency: i.i.d. examples needed for the same test accuracy / examples used\n")
+    print(eff.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\n{out / 'curves.png'}  {out / 'efficiency.csv'}  {out / 'rounds.parquet'}")
+    return 0
+
+
 # -- report ----------------------------------------------------------------------------------
 
 
@@ -276,6 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"premem {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    exp = verbs.add_parser("experiment", help="experiments on the tiny benchmark").add_subparsers(
+        dest="experiment", required=True, metavar="NAME"
+    )
+    p = exp.add_parser(
+        "curation",
+        help="learning curves of curation strategies: does premem_low beat i.i.d. data scaling?",
+        description="For each strategy and seed: start from i.i.d. problems, then in rounds train, score, rank the "
+        "training examples, and collect new problems like the top-ranked ones; test accuracy against training-set "
+        "size, and the data-efficiency ratio against i.i.d. scaling. Settings: --config YAML and/or KEY=VALUE, "
+        "e.g. seeds=[0] strategies=[random,premem_low] budgets=[128].",
+    )
+    p.add_argument("--out", help="directory for everything (default premem-curation)")
+    p.add_argument("--config", help="YAML experiment config (see configs/experiment/curation.yaml)")
+    p.set_defaults(func=cmd_experiment_curation, overrides=[])
 
     p = verbs.add_parser(
         "quickstart",

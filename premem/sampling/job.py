@@ -56,7 +56,10 @@ class ScoreConfig:
     test: DataConfig | None = None
     """Test data: k samples per query per checkpoint (optional)."""
     train_examples: str = "trained"
-    """Which training examples to score: trained (those the run's premem_run.json lists, else all) or all."""
+    """Which training examples to score: trained (those the run's premem_run.json lists, else all), all, or
+    none (test queries only: a run's test accuracy without its training metrics)."""
+    checkpoints: str = "all"
+    """Which checkpoints to score: all, or last (the end of the run only)."""
     run_name: str | None = None
     """Name of the run in the store (default: the run directory's name)."""
     base_model: str | None = None
@@ -106,20 +109,27 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
         raise InputError(f"count: expected strict or flexible, got {cfg.count!r}")
     if not cfg.store:
         raise InputError("store: say where to write the scores (--store DIR)")
-    if cfg.train_examples not in ("trained", "all"):
-        raise InputError(f"train_examples: expected trained or all, got {cfg.train_examples!r}")
+    if cfg.train_examples not in ("trained", "all", "none"):
+        raise InputError(f"train_examples: expected trained, all or none, got {cfg.train_examples!r}")
+    if cfg.checkpoints not in ("all", "last"):
+        raise InputError(f"checkpoints: expected all or last, got {cfg.checkpoints!r}")
+    has_test = cfg.test is not None and bool(cfg.test.path)
+    if cfg.train_examples == "none" and not has_test:
+        raise InputError("train_examples=none scores test queries only: say which test data (--test)")
     checkpoints = find_checkpoints(cfg.run, cfg.run_name, cfg.base_model, allow_pickle=cfg.options.allow_pickle)
+    if cfg.checkpoints == "last":
+        checkpoints = checkpoints[-1:]
     run = checkpoints[0].run
     meta = run_metadata(cfg.run)
-    data = {"train": load_example_set(cfg.train)}
-    if cfg.test is not None and cfg.test.path:
+    data = {} if cfg.train_examples == "none" else {"train": load_example_set(cfg.train)}
+    if has_test:
         data["test"] = load_example_set(cfg.test)
 
     tokenizer = check_tokenizers(checkpoints, cfg.options)
     template = get_template(cfg.template, tokenizer)
     context = context_length(load_config(checkpoints[0], cfg.options))
     encoded = {split: encode(ds, template, tokenizer, context, cfg.sampling, split) for split, ds in data.items()}
-    if cfg.train_examples == "trained" and meta.get("train_example_ids") is not None:
+    if "train" in data and cfg.train_examples == "trained" and meta.get("train_example_ids") is not None:
         encoded["train"] = only_trained(encoded["train"], meta["train_example_ids"], cfg.run, data["train"].path)
 
     store = ScoreStore(cfg.store, create=True)

@@ -268,3 +268,20 @@ def test_a_run_trained_on_examples_the_data_lacks(workdir, tmp_path):
     with pytest.raises(InputError, match=r"premem_run.json: trained on example 999, which .*train.jsonl does not hold"):
         score(cfg)
     assert not (tmp_path / "store").exists()
+
+
+def test_test_only_scoring_of_the_last_checkpoint(workdir, reference, tmp_path):
+    cfg = config(workdir, tmp_path / "store", train_examples="none", checkpoints="last")
+    summary = score(cfg)
+    assert summary.checkpoints == [20] and summary.tasks_total == 2  # 6 test queries, shards of 3
+    store = ScoreStore(tmp_path / "store")
+    assert not store.has("train_scores")
+    ref = reference["test_scores"]
+    pd.testing.assert_frame_equal(
+        store.read("test_scores").sort_values("example_id", ignore_index=True),
+        ref[ref["step"] == 20].reset_index(drop=True),
+    )
+    no_test = config(workdir, tmp_path / "s2", train_examples="none")
+    no_test.test = None
+    with pytest.raises(InputError, match="train_examples=none scores test queries only"):
+        score(no_test)

@@ -1,0 +1,238 @@
+"""The curation loop and the data-efficiency experiment on the tiny benchmark (Kang et al., Algorithm 1).
+
+One round of the loop: train on the data so far, score the run, rank its training examples
+with a strategy (premem_low ranks the lowest pre-memorization accuracy first), and collect
+new examples like the top-ranked ones from a generator; add them and train again. `random`
+is i.i.d. scaling: new examples straight from the task's distribution.
+
+The experiment runs the loop for every strategy from the same i.i.d. start, for several
+seeds, and compares learning curves: test accuracy against the number of training examples.
+A strategy's data-efficiency ratio at a budget is the number of i.i.d. examples needed to
+reach its test accuracy (read off the i.i.d. curve, interpolated in log examples) divided by
+the examples it used.
+
+    out/seed<s>/start/                 data.jsonl, run/, store/      (shared by all strategies)
+    out/seed<s>/<strategy>/round<k>/   data.jsonl, run/, store/
+    out/rounds.parquet                 one row per (seed, strategy, round): examples, test accuracy
+    out/curves.parquet, curves.png, efficiency.csv
+
+Every run and store is reused when present, so a killed experiment resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from premem.data import DataConfig, load_example_set
+from premem.data.arith import ArithConfig, generate, similar_problems, write_jsonl
+from premem.errors import InputError
+from premem.files import atomic_path
+from premem.recipes.quickstart import BaseModelConfig, build_base_model, write_benchmark
+from premem.sampling.backend import BackendOptions, SamplingParams
+from premem.train.sft import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CurationConfig:
+    """The data-efficiency experiment: learning curves of curation strategies on the tiny benchmark."""
+
+    out: str = "premem-curation"
+    """Directory for everything (runs, stores, rounds.parquet, curves.png, efficiency.csv)."""
+    benchmark: ArithConfig = field(default_factory=lambda: ArithConfig(n_train=0, n_test=256, max_number=20, max_operand=6))
+    """The task; its test problems are the held-out set (training problems come from the generator)."""
+    model: BaseModelConfig = field(default_factory=BaseModelConfig)
+    """The tiny base model every run starts from."""
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(batch_size=8, lr=3e-3, epochs=16, save_every="doubling", max_length=512)
+    )
+    """How each round's run is trained (model, data and out are filled in)."""
+    start: int = 64
+    """i.i.d. examples every strategy starts from."""
+    budgets: list[int] = field(default_factory=lambda: [128, 256])
+    """Training-set sizes after each round (each round adds budget[k] - budget[k-1] examples)."""
+    iid_budgets: list[int] = field(default_factory=lambda: [512])
+    """Extra i.i.d. sizes beyond the rounds, so the i.i.d. curve reaches the accuracies strategies reach."""
+    strategies: list[str] = field(default_factory=lambda: ["random", "premem_low", "loss", "difficulty", "cartography", "s2l"])
+    """Strategies to compare (random is i.i.d. scaling and is always run)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds: of the start set, the generator and training."""
+    tau: float = -2.6
+    """Memorization threshold for premem_low (the quickstart's auto value on this benchmark)."""
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(samples=4, max_new_tokens=96))
+    """How answers are sampled."""
+    actors: int = 2
+    """Ray sampler actors."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+def experiment(cfg: CurationConfig) -> pd.DataFrame:
+    """Run every strategy's loop for every seed; returns the rounds table (also written to out/)."""
+    from premem.curate.strategies import get_strategy
+
+    strategies = ["random"] + [s for s in cfg.strategies if s != "random"]
+    for name in strategies[1:]:
+        get_strategy(name)  # an unknown name fails now, not after an hour of training
+    sizes = [cfg.start] + list(cfg.budgets)
+    if sorted(set(sizes)) != sizes:
+        raise InputError(f"budgets: expected sizes growing from start={cfg.start}, got {cfg.budgets}")
+    out = Path(cfg.out)
+    _, test_path = write_benchmark(dataclasses.replace(cfg.benchmark, n_train=0), out / "data")
+    base = build_base_model(cfg.model, cfg.benchmark, out / "base", cfg.progress)
+
+    rows = []
+    for seed in cfg.seeds:
+        start = fresh_problems(cfg.benchmark, cfg.start, seed=1000 + seed, avoid=test_questions(cfg.benchmark))
+        for name in strategies:
+            data = start
+            for k, size in enumerate(sizes):
+                where = out / f"seed{seed}" / ("start" if k == 0 else f"{name}/round{k}")
+                last = k == len(sizes) - 1
+                acc, scores = run_round(cfg, base, data, test_path, where, seed, score_train=not last)
+                rows.append({"seed": seed, "strategy": name, "round": k, "examples": len(data), "test_acc": acc})
+                log.info("seed %d %s round %d: %d examples, test accuracy %.3f", seed, name, k, len(data), acc)
+                if not last:
+                    nxt = out / f"seed{seed}" / name / f"round{k + 1}"
+                    data = data + collect(cfg, name, data, scores, nxt, size_next=sizes[k + 1], seed=seed)
+        data = start
+        for size in cfg.iid_budgets:  # i.i.d. beyond the last round, for the efficiency ratios
+            data = data + fresh_problems(cfg.benchmark, size - len(data), seed=2000 + seed + size,
+                                         avoid=test_questions(cfg.benchmark) | {r["question"] for r in data})
+            acc, _ = run_round(cfg, base, data, test_path, out / f"seed{seed}" / f"random/iid{size}", seed, score_train=False)
+            rows.append({"seed": seed, "strategy": "random", "round": -1, "examples": len(data), "test_acc": acc})
+    table = pd.DataFrame(rows)
+    with atomic_path(out / "rounds.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    return table
+
+
+# -- one round -------------------------------------------------------------------------------
+
+
+def run_round(cfg: CurationConfig, base: Path, data: list[dict], test_path: Path, where: Path, seed: int,
+              score_train: bool) -> tuple[float, object]:
+    """Train on data, score the run; returns (test accuracy at the last checkpoint, CurationInput or None)."""
+    from premem.sampling.job import ScoreConfig, score
+    from premem.train.sft import train
+
+    data_path = write_jsonl(data, where / "data.jsonl")
+    run = train(dataclasses.replace(cfg.train, model=str(base), train=DataConfig(path=str(data_path)),
+                                    out=str(where / "run"), run_name="run", seed=seed, progress=cfg.progress))
+    common = dict(run=str(run), store=str(where / "store"), train=DataConfig(path=str(data_path)), sampling=cfg.sampling,
+                  options=BackendOptions(threads=1, batch_size=64), actors=cfg.actors, shard_size=64, progress=cfg.progress)
+    if score_train:  # every checkpoint's training metrics: what the strategies rank by
+        score(ScoreConfig(**common, test=None))
+    # test accuracy at the end of the run: the learning curve's point
+    score(ScoreConfig(**common, test=DataConfig(path=str(test_path)), train_examples="none", checkpoints="last"))
+    from premem.store import ScoreStore
+
+    store = ScoreStore(where / "store")
+    test = store.read("test_scores")
+    last = test[test["step"] == test["step"].max()]
+    acc = float(last["n_correct"].sum() / last["n_samples"].sum())
+    if not score_train:
+        return acc, None
+    from premem.curate.strategies import CurationInput
+
+    inp = CurationInput(load_example_set(DataConfig(path=str(data_path))), store.read("train_scores"), store.runs(),
+                        ["run"], tau=cfg.tau)
+    return acc, inp
+
+
+def collect(cfg: CurationConfig, strategy: str, data: list[dict], inp, where: Path, size_next: int, seed: int) -> list[dict]:
+    """New problems for the next round: i.i.d. for random, else one like each top-ranked example."""
+    n = size_next - len(data)
+    taken = test_questions(cfg.benchmark) | {r["question"] for r in data}
+    if strategy == "random":
+        return fresh_problems(cfg.benchmark, n, seed=3000 + seed + size_next, avoid=taken)
+    from premem.curate.strategies import get_strategy
+
+    chosen = get_strategy(strategy).select(inp, min(n, len(data)), seed).scores
+    chosen = chosen[chosen["selected"]].sort_values("rank")["example_id"].tolist()
+    templates = [data[i]["answer"] for i in chosen]
+    templates = (templates * (n // len(templates) + 1))[:n]  # when n > len(data): go round the chosen again
+    new = similar_problems(templates, cfg.benchmark, seed=4000 + seed + size_next, avoid=taken)
+    with atomic_path(where / "collected.jsonl") as tmp:  # what the round asked for, for the record
+        pd.DataFrame({"template_id": (chosen * (n // len(chosen) + 1))[:n], "question": [p["question"] for p in new]}
+                     ).to_json(tmp, orient="records", lines=True)
+    return new
+
+
+def fresh_problems(cfg: ArithConfig, n: int, seed: int, avoid: set[str]) -> list[dict]:
+    """n i.i.d. problems of the task, none of whose questions is in avoid."""
+    gen = dataclasses.replace(cfg, n_train=0, n_test=4 * n + len(avoid) + 16, seed=seed)
+    _, pool = generate(gen)
+    out = [p for p in pool if p["question"] not in avoid][:n]
+    if len(out) < n:
+        raise InputError(f"benchmark: could not draw {n} new problems (the task has too few distinct questions)")
+    return out
+
+
+def test_questions(cfg: ArithConfig) -> set[str]:
+    return {p["question"] for p in generate(dataclasses.replace(cfg, n_train=0))[1]}
+
+
+# -- the learning curves ---------------------------------------------------------------------
+
+
+def curves(rounds: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std of test accuracy over seeds per (strategy, examples); the start size counts for all."""
+    start = rounds[rounds["round"] == 0]
+    rows = [rounds[rounds["round"] != 0]]
+    for name in rounds["strategy"].unique():
+        rows.append(start.assign(strategy=name))
+    full = pd.concat(rows, ignore_index=True).drop_duplicates(["seed", "strategy", "examples"])
+    return (full.groupby(["strategy", "examples"], as_index=False)["test_acc"]
+            .agg(mean="mean", std="std", n_seeds="size"))
+
+
+def efficiency(curve: pd.DataFrame) -> pd.DataFrame:
+    """Per strategy and size: i.i.d. examples needed to reach its mean accuracy / examples it used."""
+    iid = curve[curve["strategy"] == "random"].sort_values("examples")
+    x, y = np.log(iid["examples"].to_numpy(float)), iid["mean"].to_numpy(float)
+    y = np.maximum.accumulate(y)  # a learning curve read as "best accuracy reached by n examples"
+    out = []
+    for row in curve.itertuples():
+        if row.examples <= iid["examples"].min():
+            continue
+        if row.mean > y[-1]:
+            needed, bound = float(np.exp(x[-1])), ">"
+        else:  # the fewest i.i.d. examples whose accuracy reaches row.mean: first crossing, log-linear between points
+            i = int(np.argmax(y >= row.mean))
+            t = 0.0 if i == 0 or y[i] == y[i - 1] else (row.mean - y[i - 1]) / (y[i] - y[i - 1])
+            needed, bound = float(np.exp(x[i] if i == 0 else x[i - 1] + t * (x[i] - x[i - 1]))), ""
+        out.append({"strategy": row.strategy, "examples": row.examples, "test_acc": row.mean,
+                    "iid_examples_needed": needed, "ratio": needed / row.examples, "bound": bound})
+    return pd.DataFrame(out)
+
+
+def plot_curves(curve: pd.DataFrame, path: str | Path) -> Path:
+    """Test accuracy against training-set size per strategy, error bars one std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, g in curve.groupby("strategy", sort=False):
+        g = g.sort_values("examples")
+        style = dict(lw=2.5, color="black") if name == "random" else dict(lw=1.5)
+        ax.errorbar(g["examples"], g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3, label=name, **style)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training examples")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)

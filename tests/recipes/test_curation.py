@@ -1,0 +1,51 @@
+"""The curation experiment: its arithmetic (curves, efficiency ratios) and one tiny end-to-end pass."""
+
+import pandas as pd
+import pytest
+
+from premem.config import load_config
+from premem.recipes.curation import CurationConfig, curves, efficiency, experiment
+
+
+def test_efficiency_reads_the_iid_curve_in_log_examples():
+    rounds = pd.DataFrame(
+        [
+            # seed, strategy, round, examples, test_acc: two seeds, i.i.d. 0.1 -> 0.2 -> 0.3 at 64/128/256
+            (s, "random", r, n, a) for s in (0, 1) for r, n, a in ((0, 64, 0.1), (1, 128, 0.2), (2, 256, 0.3))
+        ]
+        + [(s, "premem_low", r, n, a) for s in (0, 1) for r, n, a in ((1, 128, 0.3), (2, 256, 0.5))],
+        columns=["seed", "strategy", "round", "examples", "test_acc"],
+    )
+    c = curves(rounds)
+    low = c[c["strategy"] == "premem_low"].set_index("examples")
+    assert low.loc[64, "mean"] == pytest.approx(0.1)  # the shared start counts for every strategy
+    assert low.loc[128, "mean"] == pytest.approx(0.3) and low.loc[128, "n_seeds"] == 2
+    e = efficiency(c).set_index(["strategy", "examples"])
+    assert e.loc[("premem_low", 128), "iid_examples_needed"] == pytest.approx(256)  # i.i.d. needs 256 for 0.3
+    assert e.loc[("premem_low", 128), "ratio"] == pytest.approx(2.0)
+    assert e.loc[("random", 128), "ratio"] == pytest.approx(1.0)
+    # 0.15 lies halfway between 64 and 128 in accuracy: log-linear gives sqrt(64 * 128)
+    mid = efficiency(pd.concat([c, pd.DataFrame([{"strategy": "x", "examples": 100, "mean": 0.15, "std": 0, "n_seeds": 1}])]))
+    assert mid.set_index("strategy").loc["x", "iid_examples_needed"] == pytest.approx((64 * 128) ** 0.5)
+    assert e.loc[("premem_low", 256), "bound"] == ">"  # beyond the i.i.d. curve: a lower bound only
+
+
+@pytest.mark.slow
+def test_tiny_experiment_end_to_end(tmp_path):
+    cfg = load_config(CurationConfig, None, [
+        f"out={tmp_path / 'cur'}", "seeds=[0]", "strategies=[random,premem_low]", "start=12", "budgets=[24]",
+        "iid_budgets=[36]", "benchmark.n_test=12", "model.pretrain_steps=20", "model.pretrain_problems=60",
+        "model.vocab_size=512", "train.epochs=2", "sampling.samples=2", "sampling.max_new_tokens=32", "actors=1",
+        "progress=false",
+    ])
+    rounds = experiment(cfg)
+    assert sorted(map(tuple, rounds[["strategy", "examples"]].to_numpy())) == [
+        ("premem_low", 12), ("premem_low", 24), ("random", 12), ("random", 24), ("random", 36)]
+    out = tmp_path / "cur"
+    assert (out / "rounds.parquet").exists()
+    # premem_low collected one new problem like each of its 12 lowest-premem examples, none seen before
+    collected = pd.read_json(out / "seed0" / "premem_low" / "round1" / "collected.jsonl", lines=True)
+    start = pd.read_json(out / "seed0" / "start" / "data.jsonl", lines=True)
+    assert len(collected) == 12 and not set(collected["question"]) & set(start["question"])
+    again = experiment(cfg)  # everything reused: same table
+    pd.testing.assert_frame_equal(again, rounds)
