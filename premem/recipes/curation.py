@@ -98,6 +98,7 @@ def experiment(cfg: CurationConfig) -> pd.DataFrame:
                 last = k == len(sizes) - 1
                 acc, scores = run_round(cfg, base, data, test_path, where, seed, score_train=not last)
                 rows.append({"seed": seed, "strategy": name, "round": k, "examples": len(data), "test_acc": acc})
+                save_rounds(rows, out)  # every round on record as soon as it is done
                 log.info("seed %d %s round %d: %d examples, test accuracy %.3f", seed, name, k, len(data), acc)
                 if not last:
                     nxt = out / f"seed{seed}" / name / f"round{k + 1}"
@@ -108,6 +109,10 @@ def experiment(cfg: CurationConfig) -> pd.DataFrame:
                                          avoid=test_questions(cfg.benchmark) | {r["question"] for r in data})
             acc, _ = run_round(cfg, base, data, test_path, out / f"seed{seed}" / f"random/iid{size}", seed, score_train=False)
             rows.append({"seed": seed, "strategy": "random", "round": -1, "examples": len(data), "test_acc": acc})
+    return save_rounds(rows, out)
+
+
+def save_rounds(rows: list[dict], out: Path) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     with atomic_path(out / "rounds.parquet") as tmp:
         table.to_parquet(tmp, index=False)
