@@ -64,6 +64,9 @@ class CurationConfig:
     """Strategies to compare (random is i.i.d. scaling and is always run)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds: of the start set, the generator and training."""
+    template_fraction: float = 0.25
+    """Each round collects new problems like the top-ranked quarter (this fraction) of the data so far, cycling
+    through them: a strategy only matters if it picks a region, not everything."""
     tau: float = -2.6
     """Memorization threshold for premem_low (the quickstart's auto value on this benchmark)."""
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(samples=4, max_new_tokens=96))
@@ -153,17 +156,18 @@ def run_round(cfg: CurationConfig, base: Path, data: list[dict], test_path: Path
 
 
 def collect(cfg: CurationConfig, strategy: str, data: list[dict], inp, where: Path, size_next: int, seed: int) -> list[dict]:
-    """New problems for the next round: i.i.d. for random, else one like each top-ranked example."""
+    """New problems for the next round: i.i.d. for random, else like the strategy's top-ranked examples."""
     n = size_next - len(data)
     taken = test_questions(cfg.benchmark) | {r["question"] for r in data}
     if strategy == "random":
         return fresh_problems(cfg.benchmark, n, seed=3000 + seed + size_next, avoid=taken)
     from premem.curate.strategies import get_strategy
 
-    chosen = get_strategy(strategy).select(inp, min(n, len(data)), seed).scores
+    k = max(1, round(cfg.template_fraction * len(data)))
+    chosen = get_strategy(strategy).select(inp, k, seed).scores
     chosen = chosen[chosen["selected"]].sort_values("rank")["example_id"].tolist()
     templates = [data[i]["answer"] for i in chosen]
-    templates = (templates * (n // len(templates) + 1))[:n]  # when n > len(data): go round the chosen again
+    templates = (templates * (n // len(templates) + 1))[:n]  # round the chosen examples, as often as it takes
     new = similar_problems(templates, cfg.benchmark, seed=4000 + seed + size_next, avoid=taken)
     with atomic_path(where / "collected.jsonl") as tmp:  # what the round asked for, for the record
         pd.DataFrame({"template_id": (chosen * (n // len(chosen) + 1))[:n], "question": [p["question"] for p in new]}

@@ -43,9 +43,10 @@ def test_tiny_experiment_end_to_end(tmp_path):
         ("premem_low", 12), ("premem_low", 24), ("random", 12), ("random", 24), ("random", 36)]
     out = tmp_path / "cur"
     assert (out / "rounds.parquet").exists()
-    # premem_low collected one new problem like each of its 12 lowest-premem examples, none seen before
+    # premem_low collected 12 new problems like its lowest-premem quarter (3 examples), none seen before
     collected = pd.read_json(out / "seed0" / "premem_low" / "round1" / "collected.jsonl", lines=True)
     start = pd.read_json(out / "seed0" / "start" / "data.jsonl", lines=True)
     assert len(collected) == 12 and not set(collected["question"]) & set(start["question"])
+    assert collected["template_id"].nunique() == 3 and collected["template_id"].value_counts().tolist() == [4, 4, 4]
     again = experiment(cfg)  # everything reused: same table
     pd.testing.assert_frame_equal(again, rounds)
