@@ -16,7 +16,6 @@ context, data whose ids changed since the store was started.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from premem.sampling.checkpoints import (
     load_tokenizer,
 )
 from premem.store import ScoreStore
+from premem.train.sft import RUN_INFO, read_run_info
 
 log = logging.getLogger(__name__)
 
@@ -178,22 +178,15 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     )
 
 
-RUN_FILE = "premem_run.json"  # written by `premem train` beside the checkpoints
 RUN_COLUMNS = ("model", "lr", "epochs", "data_fraction", "seed", "batch_size", "n_train")
 
 
 def run_metadata(run_dir: str | Path) -> dict:
-    """The run's premem_run.json (hyper-parameters, trained example ids), or {} for runs made elsewhere."""
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        return {}
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not readable JSON ({e})") from e
+    """The run's premem_run.json (written by `premem train`), or {} for runs made elsewhere."""
+    meta = read_run_info(run_dir) or {}
     ids = meta.get("train_example_ids")
     if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
-        raise InputError(f"{path}: train_example_ids must be a list of integers")
+        raise InputError(f"{Path(run_dir) / RUN_INFO}: train_example_ids must be a list of integers")
     return meta
 
 
@@ -212,7 +205,7 @@ def only_trained(enc: Encoded, ids: list[int], run_dir, data_path: str) -> Encod
     missing = [i for i in ids if i not in index]
     if missing:
         raise InputError(
-            f"{Path(run_dir) / RUN_FILE}: trained on example {missing[0]}, which {data_path} does not hold "
+            f"{Path(run_dir) / RUN_INFO}: trained on example {missing[0]}, which {data_path} does not hold "
             "(is this the run's training data?)"
         )
     keep = sorted({index[i] for i in ids})
