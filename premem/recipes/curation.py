@@ -89,7 +89,9 @@ def experiment(cfg: CurationConfig) -> pd.DataFrame:
         raise InputError(f"budgets: expected sizes growing from start={cfg.start}, got {cfg.budgets}")
     out = Path(cfg.out)
     _, test_path = write_benchmark(dataclasses.replace(cfg.benchmark, n_train=0), out / "data")
-    base = build_base_model(cfg.model, cfg.benchmark, out / "base", cfg.progress)
+    # the tokenizer learns the traces' words from problems no run trains on
+    vocab = fresh_problems(cfg.benchmark, 256, seed=999, avoid=test_questions(cfg.benchmark))
+    base = build_base_model(cfg.model, cfg.benchmark, out / "base", cfg.progress, vocab_rows=vocab)
 
     rows = []
     for seed in cfg.seeds:
