@@ -51,14 +51,15 @@ class CurationConfig:
     model: BaseModelConfig = field(default_factory=BaseModelConfig)
     """The tiny base model every run starts from."""
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(batch_size=8, lr=3e-3, epochs=16, save_every="doubling", max_length=512)
+        default_factory=lambda: TrainConfig(batch_size=8, lr=3e-3, epochs=32, save_every="doubling", max_length=512)
     )
     """How each round's run is trained (model, data and out are filled in)."""
-    start: int = 64
-    """i.i.d. examples every strategy starts from."""
-    budgets: list[int] = field(default_factory=lambda: [128, 256])
+    start: int = 128
+    """i.i.d. examples every strategy starts from. With 64, most of them sit at pre-memorization accuracy 0 and a
+    ranking has little to go on; from 128 on, it is spread."""
+    budgets: list[int] = field(default_factory=lambda: [256, 512])
     """Training-set sizes after each round (each round adds budget[k] - budget[k-1] examples)."""
-    iid_budgets: list[int] = field(default_factory=lambda: [512])
+    iid_budgets: list[int] = field(default_factory=lambda: [1024])
     """Extra i.i.d. sizes beyond the rounds, so the i.i.d. curve reaches the accuracies strategies reach."""
     strategies: list[str] = field(default_factory=lambda: ["random", "premem_low", "loss", "difficulty", "cartography", "s2l"])
     """Strategies to compare (random is i.i.d. scaling and is always run)."""
