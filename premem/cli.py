@@ -100,6 +100,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_experiment_curation(args: argparse.Namespace) -> int:
     from premem.config import load_config
     from premem.recipes.curation import CurationConfig, curves, efficiency, experiment, plot_curves
+    from premem.report.curation import build_curation_report
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
     cfg = load_config(CurationConfig, args.config, overrides)
@@ -110,12 +111,14 @@ def cmd_experiment_curation(args: argparse.Namespace) -> int:
     curve.to_csv(out / "curves.csv", index=False)
     eff.to_csv(out / "efficiency.csv", index=False)
     plot_curves(curve, out / "curves.png")
+    report = build_curation_report(out)
     print("\ntest accuracy (mean ± std over seeds) by training-set size\n")
     table = curve.assign(acc=[f"{m:.3f} ± {s:.3f}" for m, s in zip(curve["mean"], curve["std"].fillna(0))])
     print(table.pivot(index="strategy", columns="examples", values="acc").to_string())
     print("\ndata efficiency: i.i.d. examples needed for the same test accuracy / examples used\n")
     print(eff.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\n{out / 'curves.png'}  {out / 'efficiency.csv'}  {out / 'rounds.parquet'}")
+    print(f"report: {report}")
     return 0
 
 

@@ -227,24 +227,7 @@ def efficiency(curve: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_curves(curve: pd.DataFrame, path: str | Path) -> Path:
-    """Test accuracy against training-set size per strategy, error bars one std over seeds."""
-    import matplotlib
+    """Test accuracy against training-set size per strategy, error bars one std over seeds (the report's figure)."""
+    from premem.report import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name, g in curve.groupby("strategy", sort=False):
-        g = g.sort_values("examples")
-        style = dict(lw=2.5, color="black") if name == "random" else dict(lw=1.5)
-        ax.errorbar(g["examples"], g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3, label=name, **style)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("training examples")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return plots.save(plots.learning_curves(curve), path)

@@ -167,6 +167,37 @@ def scatter_figure(pred: Prediction, runs: list[str] | None = None, labels: dict
     return fig
 
 
+def learning_curves(curve: pd.DataFrame, strategies: list[str] | None = None) -> plt.Figure:
+    """The curation experiment: test accuracy against training-set size per strategy, error bars one std over seeds.
+
+    curve: premem.recipes.curation.curves' table (strategy, examples, mean, std, n_seeds). i.i.d. scaling
+    (random) is the thick black line; the others are nudged sideways a little so their error bars do not overlap.
+    """
+    strategies = strategies or sorted(curve["strategy"].unique(), key=lambda s: (s != "random", s))
+    others = [s for s in strategies if s != "random"]
+    colors = plt.get_cmap("tab10").colors
+    slots = sorted(sorted(range(-len(others), len(others) + 1), key=abs)[1 : len(others) + 1])  # -2 -1 1 2: random at 0
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
+    for name in strategies:
+        g = curve[curve["strategy"] == name].sort_values("examples")
+        if name == "random":
+            style, nudge = dict(lw=2.5, color="black", zorder=3), 1.0
+        else:
+            i = others.index(name)
+            style, nudge = dict(lw=1.5, color=colors[i % 10]), 2 ** (0.03 * slots[i])  # slots of 0.03 octave
+        ax.errorbar(g["examples"] * nudge, g["mean"], yerr=g["std"].fillna(0), marker="o", markersize=4, capsize=3,
+                    label=name, **style)
+    sizes = sorted(curve["examples"].unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(int(s)) for s in sizes])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlabel("training examples")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def prediction_scatter(pred: Prediction, out: str | Path) -> Path:
     """`premem predict --plot`: the scatter, written to a .png, .svg or .pdf file."""
     return save(scatter_figure(pred), out)
