@@ -172,6 +172,21 @@ def cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curate_loop(args: argparse.Namespace) -> int:
+    from premem.config import load_config
+    from premem.curate.loop import LoopConfig, loop
+
+    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+    cfg = load_config(LoopConfig, args.config, overrides)
+    table = loop(cfg)
+    cols = ["round", "examples", "added", "strategy", "generator", "train_acc", "premem", "test_acc", "seconds"]
+    print()
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nrecord: {Path(cfg.out) / 'store'} (curation_rounds, curation_examples); "
+          f"last round's data: {table['run_dir'].iloc[-1].rsplit('/run', 1)[0]}/data.jsonl")
+    return 0
+
+
 # -- data ------------------------------------------------------------------------------------
 
 
@@ -415,6 +430,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT that is not a curate output")
     p.set_defaults(func=cmd_curate, overrides=[])
 
+    p = verbs.add_parser(
+        "curate-loop",
+        prog="premem curate loop",
+        help="the curation loop: rounds of train, score, rank, collect new examples like the top-ranked (also: "
+        "premem curate loop)",
+        description="Rounds of: train a run on the data so far, score it, rank its training examples with a "
+        "strategy, make new examples like the top-ranked ones with a generator (arith: the tiny benchmark's; "
+        "python: your module:function; llm: a model and a rewrite prompt) and add them. Every round is recorded "
+        "in OUT/store (curation_rounds, curation_examples); a killed loop resumes. Settings: --config YAML (see "
+        "configs/curate/loop_tiny.yaml) and/or KEY=VALUE, e.g. sizes=[192,256] generator.kind=python "
+        "generator.function=mygen.py:similar.",
+    )
+    p.add_argument("--config", help="YAML loop config")
+    p.add_argument("--out", help="directory for the rounds and the record (default premem-loop)")
+    p.set_defaults(func=cmd_curate_loop, overrides=[])
+
     data = verbs.add_parser("data", help="load, validate and export datasets").add_subparsers(
         dest="data_verb", required=True, metavar="ACTION"
     )
@@ -489,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["curate", "loop"]:  # `premem curate loop` is the curate-loop verb
+        argv = ["curate-loop", *argv[2:]]
     # KEY=VALUE overrides may sit anywhere among the options, so they are collected from
     # what argparse leaves over rather than declared as a positional.
     args, extra = parser.parse_known_args(argv)

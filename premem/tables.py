@@ -49,6 +49,13 @@ TABLES: dict[str, TableSpec] = {
     "datasets": TableSpec(
         ("split",), ints=("n_examples",), strs=("split", "path", "fingerprint", "example_ids_sha256", "format", "grader")
     ),
+    # the curation loop's record (premem.curate.loop): one row per round, and every example by the round
+    # that added it (template_id: the example of the round before it was made like; -1 for the start data)
+    "curation_rounds": TableSpec(
+        ("round",), ints=("round", "examples", "added"),
+        strs=("strategy", "generator", "data_sha256", "run_dir", "store_dir"),
+    ),
+    "curation_examples": TableSpec(("round", "example_id"), ints=("round", "example_id"), strs=("question",)),
 }
 
 
