@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from premem.data import DataConfig, load_example_set
+from premem.curate.loop import pick_templates, train_and_score
+from premem.data import DataConfig
 from premem.data.arith import ArithConfig, generate, similar_problems, write_jsonl
 from premem.errors import InputError
 from premem.files import atomic_path
@@ -131,31 +132,11 @@ def save_rounds(rows: list[dict], out: Path) -> pd.DataFrame:
 def run_round(cfg: CurationConfig, base: Path, data: list[dict], test_path: Path, where: Path, seed: int,
               score_train: bool) -> tuple[float, object]:
     """Train on data, score the run; returns (test accuracy at the last checkpoint, CurationInput or None)."""
-    from premem.sampling.job import ScoreConfig, score
-    from premem.train.sft import train
-
     data_path = write_jsonl(data, where / "data.jsonl")
-    run = train(dataclasses.replace(cfg.train, model=str(base), train=DataConfig(path=str(data_path)),
-                                    out=str(where / "run"), run_name="run", seed=seed, progress=cfg.progress))
-    common = dict(run=str(run), store=str(where / "store"), train=DataConfig(path=str(data_path)), sampling=cfg.sampling,
-                  options=BackendOptions(threads=1, batch_size=64), actors=cfg.actors, shard_size=64, progress=cfg.progress)
-    if score_train:  # every checkpoint's training metrics: what the strategies rank by
-        score(ScoreConfig(**common, test=None))
-    # test accuracy at the end of the run: the learning curve's point
-    score(ScoreConfig(**common, test=DataConfig(path=str(test_path)), train_examples="none", checkpoints="last"))
-    from premem.store import ScoreStore
-
-    store = ScoreStore(where / "store")
-    test = store.read("test_scores")
-    last = test[test["step"] == test["step"].max()]
-    acc = float(last["n_correct"].sum() / last["n_samples"].sum())
-    if not score_train:
-        return acc, None
-    from premem.curate.strategies import CurationInput
-
-    inp = CurationInput(load_example_set(DataConfig(path=str(data_path))), store.read("train_scores"), store.runs(),
-                        ["run"], tau=cfg.tau)
-    return acc, inp
+    res = train_and_score(DataConfig(path=str(data_path)), where, str(base), cfg.train, DataConfig(path=str(test_path)),
+                          cfg.sampling, BackendOptions(threads=1, batch_size=64), "hf", cfg.actors, seed, tau=cfg.tau,
+                          score_train=score_train, progress=cfg.progress)
+    return res.test_acc, res.inp
 
 
 def collect(cfg: CurationConfig, strategy: str, data: list[dict], inp, where: Path, size_next: int, seed: int) -> list[dict]:
@@ -166,14 +147,10 @@ def collect(cfg: CurationConfig, strategy: str, data: list[dict], inp, where: Pa
         return fresh_problems(cfg.benchmark, n, seed=3000 + seed + size_next, avoid=taken)
     from premem.curate.strategies import get_strategy
 
-    k = max(1, round(cfg.template_fraction * len(data)))
-    chosen = get_strategy(strategy).select(inp, k, seed).scores
-    chosen = chosen[chosen["selected"]].sort_values("rank")["example_id"].tolist()
-    templates = [data[i]["answer"] for i in chosen]
-    templates = (templates * (n // len(templates) + 1))[:n]  # round the chosen examples, as often as it takes
-    new = similar_problems(templates, cfg.benchmark, seed=4000 + seed + size_next, avoid=taken)
+    chosen = pick_templates(get_strategy(strategy), inp, cfg.template_fraction, n, seed)
+    new = similar_problems([data[i]["answer"] for i in chosen], cfg.benchmark, seed=4000 + seed + size_next, avoid=taken)
     with atomic_path(where / "collected.jsonl") as tmp:  # what the round asked for, for the record
-        pd.DataFrame({"template_id": (chosen * (n // len(chosen) + 1))[:n], "question": [p["question"] for p in new]}
+        pd.DataFrame({"template_id": chosen, "question": [p["question"] for p in new]}
                      ).to_json(tmp, orient="records", lines=True)
     return new
 
