@@ -19,10 +19,16 @@ Two parts of a trace matter, and their ratio is the knob:
 `pretraining_texts` gives related text for the model to start from: bare arithmetic facts
 ("23 + 7 = 30") and problems phrased differently from the finetuning traces, so finetuning
 teaches the format and sharpens a skill the model already has some of.
+
+`preference_pairs` gives preference data for DPO (DESIGN.md §1, learning dynamics): the
+correct trace as chosen, and as rejected the same trace with one arithmetic slip whose wrong
+result is carried on to a wrong final answer. `sft_both` gives the "extend" recipe's SFT
+data: both responses of each pair as GSM8K-form rows, trained on before DPO.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -181,10 +187,67 @@ def pretraining_texts(cfg: ArithConfig, n_problems: int = 2000, fact_passes: int
     return texts
 
 
-def write_jsonl(rows: list[dict], path: str | Path) -> Path:
-    """Rows as GSM8K-form JSONL (question, answer), written atomically."""
+MISTAKES = (-3, -2, -1, 1, 2, 3)  # how far a slipped step's result is off
+
+
+def with_mistake(p: dict, rng: random.Random) -> dict:
+    """The problem's trace with one slip: one step's result off by a few, every later step
+    computed on from the wrong total, so the final answer is wrong by as much.
+
+    The trace keeps its words (phrasings, names, things); only the numbers of the equations
+    from the slipped step on, and the final answer, change. Returns {answer, final, step}."""
+    chain = p["chain"]
+    if not chain:
+        raise ValueError("a problem with no steps has no step to get wrong")
+    k = rng.randrange(len(chain))
+    lowest = min(after for _, _, _, after in chain[k:])
+    d = rng.choice([d for d in MISTAKES if lowest + d >= 0])  # no running total below zero
+
+    steps = itertools.count()  # the equations come in chain order
+
+    def shifted(m: re.Match) -> str:
+        j, a, op, n, b = next(steps), int(m.group(1)), m.group(2), m.group(3), int(m.group(4))
+        return m.group(0) if j < k else f"{a + d if j > k else a} {op} {n} = {b + d}"
+
+    trace, final = p["answer"].rsplit(" #### ", 1)
+    wrong = STEP.sub(shifted, trace)
+    return {"answer": f"{wrong} #### {int(final) + d}", "final": int(final) + d, "step": k}
+
+
+def preference_rows(problems: list[dict], seed: int) -> list[dict]:
+    """Preference rows {prompt, chosen, rejected} for these problems (dicts from `problem`/`generate`):
+    chosen the correct trace, rejected the same trace with a slip (`with_mistake`), drawn with seed."""
+    rng = random.Random(seed)
+    return [{"prompt": p["question"], "chosen": p["answer"], "rejected": with_mistake(p, rng)["answer"]}
+            for p in problems]
+
+
+def preference_pairs(cfg: ArithConfig, n: int, seed: int) -> list[dict]:
+    """n preference rows {prompt, chosen, rejected} on n distinct new problems, all a function of seed."""
+    rng = random.Random(seed)
+    problems, seen = [], set()
+    while len(problems) < n:
+        p = problem(rng, cfg)
+        if p["question"] not in seen and p["chain"]:
+            seen.add(p["question"])
+            problems.append(p)
+    return preference_rows(problems, seed)
+
+
+def sft_both(rows: list[dict]) -> list[dict]:
+    """The extend recipe's SFT data: GSM8K-form rows {question, answer} on [prompt; chosen] and
+    [prompt; rejected] of each preference row (the rejected row's gold answer is its own, wrong, one)."""
+    out = []
+    for r in rows:
+        out += [{"question": r["prompt"], "answer": r["chosen"]}, {"question": r["prompt"], "answer": r["rejected"]}]
+    return out
+
+
+def write_jsonl(rows: list[dict], path: str | Path, keys: tuple[str, ...] = ("question", "answer")) -> Path:
+    """Rows as JSONL with these keys (default GSM8K form: question, answer; preference rows:
+    keys=("prompt", "chosen", "rejected")), written atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             for r in rows:
-                f.write(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n")
+                f.write(json.dumps({k: r[k] for k in keys}) + "\n")
     return Path(path)

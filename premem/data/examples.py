@@ -228,6 +228,11 @@ class _RowReader:
         rejected = None
         if "rejected" in columns:
             rejected = _response_text(_text_value(row, columns["rejected"], where), columns["rejected"], where)
+            if rejected.strip() == solution.strip():
+                raise InputError(
+                    f"{where}: fields '{columns['solution']}' and '{columns['rejected']}' hold the same response; "
+                    "a preference pair needs two different ones"
+                )
         return Example(example_id, question, solution, self.answer(row, solution, where), rejected)
 
     def answer(self, row: dict, solution: str, where: str) -> str:
