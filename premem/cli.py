@@ -497,12 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser(
         "train",
-        help="finetune a model (TRL SFT) into checkpoints premem can score; one run or a sweep",
-        description="Supervised finetuning on a premem dataset, the loss on the template's target only; a "
-        "weights-only checkpoint every epoch (or every save_every steps) in <out>/checkpoint-<step>/, and "
+        help="finetune a model (TRL SFT or DPO) into checkpoints premem can score; one run or a sweep",
+        description="Supervised finetuning on a premem dataset, the loss on the template's target only (or, with "
+        "method=dpo, DPO on preference data: prompt/chosen/rejected, against ref_model, by default the starting "
+        "model); a weights-only checkpoint every epoch (or every save_every steps) in <out>/checkpoint-<step>/, and "
         "<out>/premem_run.json recording the run. With a sweep: block in the config (or --sweep), one run per grid "
         "point in <out>/<name>/; finished runs are skipped. Settings: --config YAML and/or KEY=VALUE overrides "
-        "anywhere on the line (e.g. lr=1e-5 epochs=3 data_fraction=0.5 save_every=100 workers=2).",
+        "anywhere on the line (e.g. lr=1e-5 epochs=3 data_fraction=0.5 save_every=100 workers=2 method=dpo beta=0.1).",
     )
     p.add_argument("--config", help="YAML train config (see configs/train/)")
     p.add_argument("--model", help="local model directory to finetune")

@@ -1,4 +1,4 @@
-"""`premem train`: supervised finetuning that leaves checkpoints premem can score.
+"""`premem train`: supervised finetuning (or DPO) that leaves checkpoints premem can score.
 
 One run: the training examples (a DataConfig, optionally a seeded fraction of them) are
 rendered by a template into prompt/completion pairs and finetuned with TRL's SFTTrainer,
@@ -22,7 +22,8 @@ an interrupted one from scratch (checkpoints hold no optimizer state to resume f
     run_dirs = sweep(cfg, cfg.sweep)          # a grid of runs under cfg.out
 
 workers > 1 trains data-parallel on Ray Train (premem.train.distributed); the run
-directory looks the same either way.
+directory looks the same either way. method=dpo trains the same kind of run on preference
+data with TRL's DPOTrainer (premem.train.dpo), in one process.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9._=+-]+$")
 # Settings that make two runs different runs: a finished run is reused only if these match.
 _SAME_RUN_KEYS = ("model_path", "lr", "epochs", "data_fraction", "seed", "batch_size", "template", "max_length",
                   "train_fingerprint", "lr_scheduler", "warmup_ratio", "weight_decay", "save_every",
-                  "checkpoints_asked")
+                  "checkpoints_asked", "method", "beta", "ref_model_path")
+# What a record written before a key existed meant by its absence.
+_RECORD_DEFAULTS = {"method": "sft"}
+METHODS = ("sft", "dpo")
 
 
 @dataclass
@@ -78,6 +82,14 @@ class TrainConfig:
 
     model: str = ""
     """Local Hugging Face model directory (config.json, *.safetensors, tokenizer files) to finetune."""
+    method: str = "sft"
+    """sft (supervised finetuning on the solution) or dpo (direct preference optimization on preference data:
+    prompt/chosen/rejected, each response rendered by the template like an SFT target; one process only)."""
+    beta: float = 0.1
+    """method=dpo: the DPO temperature (larger keeps the model closer to the reference model)."""
+    ref_model: str = ""
+    """method=dpo: local model directory of the frozen reference model (default: the starting model itself,
+    i.e. the SFT checkpoint DPO starts from)."""
     train: DataConfig = field(default_factory=DataConfig)
     """Training data (any format premem reads; see configs/data/)."""
     out: str = ""
@@ -146,6 +158,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise InputError(f"template: unknown template {cfg.template!r}; known: paper, chat")
     if cfg.run_name is not None and not _RUN_NAME.match(str(cfg.run_name)):
         raise InputError(f"run_name: {cfg.run_name!r} may hold only letters, digits and . _ = + -")
+    if cfg.method not in METHODS:
+        raise InputError(f"method: unknown method {cfg.method!r}; known: {', '.join(METHODS)}")
     c = dataclasses.replace(
         cfg,
         lr=_number(cfg.lr, "lr", float, low=0.0, low_open=True),
@@ -160,7 +174,10 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         threads=_number(cfg.threads, "threads", int, low=1),
         workers=_number(cfg.workers, "workers", int, low=1),
         checkpoints=_number(cfg.checkpoints, "checkpoints", int, low=0),
+        beta=_number(cfg.beta, "beta", float, low=0.0, low_open=True),
     )
+    if c.method == "dpo" and c.workers > 1:
+        raise InputError(f"workers: method dpo trains in one process; set workers=1 (got {c.workers})")
     if c.save_every not in ("epoch", "doubling"):
         if isinstance(c.save_every, str) and not c.save_every.strip().isdigit():
             raise InputError(f"save_every: expected 'epoch', 'doubling' or a number of steps, got {c.save_every!r}")
@@ -199,11 +216,11 @@ def _number(value: Any, name: str, kind: type, low: float | None = None, high: f
     return number
 
 
-def check_model_dir(cfg: TrainConfig) -> Path:
-    """The model directory, if it is a local full model premem may load."""
-    path = Path(cfg.model)
+def check_model_dir(cfg: TrainConfig, key: str = "model") -> Path:
+    """The model directory cfg.<key>, if it is a local full model premem may load."""
+    path = Path(getattr(cfg, key))
     if not path.is_dir():
-        raise InputError(f"model: {cfg.model} is not a local model directory (premem trains local models only)")
+        raise InputError(f"{key}: {path} is not a local model directory (premem trains local models only)")
     names = {p.name for p in path.iterdir() if p.is_file()}
     if "config.json" not in names:
         hint = " (a LoRA adapter: merge it into its base model first)" if "adapter_config.json" in names else ""
@@ -236,8 +253,12 @@ def subset(examples: list[Example], fraction: float, seed: int) -> list[Example]
     return [ex for i, ex in enumerate(examples) if i in keep]
 
 
-def render_rows(data: ExampleSet, examples: list[Example], template_name: str, tokenizer, limit: int) -> list[dict]:
+def render_rows(data: ExampleSet, examples: list[Example], template_name: str, tokenizer, limit: int,
+                preference: bool = False) -> list[dict]:
     """TRL prompt-completion rows ({"prompt", "completion", "example_id"}), length-checked.
+
+    preference=True: TRL preference rows ({"prompt", "chosen", "rejected", "example_id"}), each
+    response rendered like a target (the examples must hold a rejected response).
 
     TRL tokenizes prompt and prompt+completion with the tokenizer's special tokens and masks
     the prompt out of the loss (completion-only loss). The paper template's prompt is plain
@@ -257,14 +278,19 @@ def render_rows(data: ExampleSet, examples: list[Example], template_name: str, t
         prompt = r.prompt
         if chat and adds_bos and prompt.startswith(bos):
             prompt = prompt[len(bos):]
-        n = len(tokenizer(prompt)["input_ids"]) + len(tokenizer(r.target, add_special_tokens=False)["input_ids"])
-        n += 0 if r.target.endswith(tokenizer.eos_token) else 1
-        if n > limit:
-            raise InputError(
-                f"{data.path} example {ex.example_id}: prompt and target take {n} tokens, more than the {limit} "
-                "allowed (max_length, or the model's context); raise max_length or drop the example"
-            )
-        rows.append({"prompt": prompt, "completion": r.target, "example_id": ex.example_id})
+        n_prompt = len(tokenizer(prompt)["input_ids"])
+        for name, target in [("target", r.target)] + ([("rejected response", r.rejected)] if preference else []):
+            n = n_prompt + len(tokenizer(target, add_special_tokens=False)["input_ids"])
+            n += 0 if target.endswith(tokenizer.eos_token) else 1
+            if n > limit:
+                raise InputError(
+                    f"{data.path} example {ex.example_id}: prompt and {name} take {n} tokens, more than the {limit} "
+                    "allowed (max_length, or the model's context); raise max_length or drop the example"
+                )
+        if preference:
+            rows.append({"prompt": prompt, "chosen": r.target, "rejected": r.rejected, "example_id": ex.example_id})
+        else:
+            rows.append({"prompt": prompt, "completion": r.target, "example_id": ex.example_id})
     return rows
 
 
@@ -280,12 +306,21 @@ def train(cfg: TrainConfig) -> Path:
 
 def _run(cfg: TrainConfig, run_dir: Path, name: str) -> Path:
     model_dir = check_model_dir(cfg)
+    dpo = cfg.method == "dpo"
+    ref_dir = check_model_dir(cfg, "ref_model") if dpo and cfg.ref_model else model_dir
     data = load_example_set(cfg.train)
+    if dpo and any(ex.rejected is None for ex in data.examples):
+        raise InputError(
+            f"{data.path}: method dpo trains on preference data (prompt, chosen, rejected); this is {data.format} data"
+        )
     examples = subset(data.examples, cfg.data_fraction, cfg.seed)
     info = {
         "run": name,
         "model": cfg.model,
         "model_path": str(model_dir.resolve()),
+        "method": cfg.method,
+        **({"beta": cfg.beta, "ref_model": cfg.ref_model or cfg.model, "ref_model_path": str(ref_dir.resolve())}
+           if dpo else {}),
         "lr": cfg.lr,
         "epochs": cfg.epochs,
         "data_fraction": cfg.data_fraction,
@@ -313,9 +348,18 @@ def _run(cfg: TrainConfig, run_dir: Path, name: str) -> Path:
     tokenizer = load_tokenizer(cfg)
     from transformers import AutoConfig
 
-    context = getattr(AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code,
-                                                 local_files_only=True), "max_position_embeddings", None)
-    rows = render_rows(data, examples, cfg.template, tokenizer, min(cfg.max_length, context or cfg.max_length))
+    def model_config(path):
+        return AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, local_files_only=True)
+
+    model_cfg = model_config(model_dir)
+    context = getattr(model_cfg, "max_position_embeddings", None)
+    if ref_dir != model_dir:
+        vocab = getattr(model_cfg, "vocab_size", None), getattr(model_config(ref_dir), "vocab_size", None)
+        if vocab[0] != vocab[1]:
+            raise InputError(f"ref_model: {ref_dir} has a vocabulary of {vocab[1]} tokens, the model {vocab[0]}; "
+                             "the reference must share the model's tokenizer")
+    rows = render_rows(data, examples, cfg.template, tokenizer, min(cfg.max_length, context or cfg.max_length),
+                       preference=dpo)
     write_run_info(run_dir, info)  # first: marks the directory as a premem run, unfinished
 
     start = time.perf_counter()
@@ -354,9 +398,10 @@ def _reuse_finished(run_dir: Path, info: dict) -> bool:
         shutil.rmtree(run_dir)
         return False
     for key in _SAME_RUN_KEYS:
-        if prior.get(key) != info[key]:
+        before = prior.get(key, _RECORD_DEFAULTS.get(key))
+        if before != info.get(key):
             raise InputError(
-                f"{run_dir / RUN_INFO}: a finished run with {key} {prior.get(key)!r}, not {info[key]!r}; "
+                f"{run_dir / RUN_INFO}: a finished run with {key} {before!r}, not {info.get(key)!r}; "
                 "choose another run directory or delete this one"
             )
     log.info("%s: finished before; reusing it", run_dir)
@@ -412,28 +457,49 @@ def load_tokenizer(cfg: TrainConfig):
 
 def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], world_size: int = 1):
     """TRL's SFTTrainer for this run: completion-only loss, weights-only checkpoints in run_dir."""
-    import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, PrinterCallback
     from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(cfg)
+    model = load_model(cfg, cfg.model)
+    args, save_steps = training_args(
+        cfg, run_dir, len(rows), world_size, SFTConfig,
+        completion_only_loss=True,  # prompt tokens get label -100 (needs the prompt-completion form)
+        max_length=cfg.max_length,
+    )
+    # example_id rides along for the record; the trainer drops columns the model does not take
+    with dataset_bars_off():  # TRL's five dataset passes (eos, tokenize, labels, ...) take milliseconds
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    return add_callbacks(trainer, cfg, save_steps)
+
+
+def load_model(cfg: TrainConfig, path: str):
+    """The causal LM in `path`, float32 master weights (bf16 autocast on GPUs that have it)."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
     if cfg.use_gpu and not torch.cuda.is_available():
         raise InputError("use_gpu: no CUDA device here")
-    tokenizer = load_tokenizer(cfg)
-    model = AutoModelForCausalLM.from_pretrained(
-        cfg.model,
-        dtype=torch.float32,  # master weights; bf16 autocast on GPUs that have it
+    return AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=torch.float32,
         trust_remote_code=cfg.trust_remote_code,
         use_safetensors=None if cfg.allow_pickle else True,
         local_files_only=True,
     )
+
+
+def training_args(cfg: TrainConfig, run_dir: Path, n_rows: int, world_size: int, config_class, **extra):
+    """(TRL config of config_class, save_steps): the run's schedule and checkpoints, whatever the method."""
+    import torch
+
     save_steps = cfg.save_every
     if cfg.checkpoints:
         # the trainer's step count: each optimizer step takes batch_size examples over all workers
-        total = math.ceil(len(rows) / cfg.batch_size) * cfg.epochs
+        total = math.ceil(n_rows / cfg.batch_size) * cfg.epochs
         save_steps = max(1, math.ceil(total / cfg.checkpoints))
     by_epoch = save_steps in ("epoch", "doubling")
-    args = SFTConfig(
+    args = config_class(
         output_dir=str(run_dir),
         per_device_train_batch_size=cfg.batch_size // (world_size * cfg.grad_accum),
         gradient_accumulation_steps=cfg.grad_accum,
@@ -453,27 +519,36 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], world_size:
         use_cpu=not cfg.use_gpu,
         bf16=bool(cfg.use_gpu and torch.cuda.is_bf16_supported()),
         gradient_checkpointing=cfg.gradient_checkpointing,  # TRL turns it on by default
-        completion_only_loss=True,  # prompt tokens get label -100 (needs the prompt-completion form)
-        max_length=cfg.max_length,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,  # every parameter gets a gradient; True costs a graph walk per step
+        **extra,
     )
-    # example_id rides along for the record; the trainer drops columns the model does not take
-    dataset = Dataset.from_list(rows)
-    import datasets
+    return args, save_steps
 
-    was_on = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # TRL's five dataset passes (eos, tokenize, labels, ...) take milliseconds
-    try:
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    finally:
-        if was_on:
-            datasets.enable_progress_bars()
+
+def add_callbacks(trainer, cfg: TrainConfig, save_steps):
+    """The doubling-epochs saver when asked for, and no log printing without a progress bar."""
+    from transformers import PrinterCallback
+
     if save_steps == "doubling":
         trainer.add_callback(doubling_epochs())
     if not cfg.progress:  # without a progress bar the Trainer prints every log line instead
         trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+@contextlib.contextmanager
+def dataset_bars_off():
+    """No datasets progress bars while a trainer prepares its dataset (restored after)."""
+    import datasets
+
+    was_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
 
 
 def doubling_epochs():
@@ -502,7 +577,12 @@ def fit(cfg: TrainConfig, run_dir: Path, rows: list[dict], world_size: int = 1, 
     torch.set_num_threads(cfg.threads)
     try:
         with _quiet(not cfg.progress):
-            trainer = build_trainer(cfg, run_dir, rows, world_size)
+            if cfg.method == "dpo":
+                from premem.train.dpo import build_dpo_trainer
+
+                trainer = build_dpo_trainer(cfg, run_dir, rows)
+            else:
+                trainer = build_trainer(cfg, run_dir, rows, world_size)
             result = trainer.train()
     finally:
         torch.set_num_threads(before)
