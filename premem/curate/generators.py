@@ -59,6 +59,8 @@ class GeneratorConfig:
     """python: the callable, "package.module:function" or "path/to/file.py:function"."""
     benchmark: ArithConfig = field(default_factory=lambda: ArithConfig(n_train=0, max_number=20, max_operand=6))
     """arith: the task's settings (ranges of numbers and operands)."""
+    near: int | None = None
+    """arith: None, new numbers anywhere in range; k, the start and each operand within +-k of the template's."""
     model: str = ""
     """llm: the model directory (safetensors; see BackendOptions for pickle and remote code)."""
     backend: str = "hf"
@@ -80,7 +82,7 @@ def make_generator(cfg: GeneratorConfig, grader: str) -> Generator:
     if cfg.kind == "arith":
         return lambda templates, seed, avoid: [
             {"question": p["question"], "solution": p["answer"]}
-            for p in similar_problems([t["solution"] for t in templates], cfg.benchmark, seed, avoid)
+            for p in similar_problems([t["solution"] for t in templates], cfg.benchmark, seed, avoid, near=cfg.near)
         ]
     if cfg.kind == "python":
         return _checked(load_callable(cfg.function), cfg.function, grader)

@@ -99,13 +99,16 @@ class ArithConfig:
     """Everything is a function of this seed."""
 
 
-def problem(rng: random.Random, cfg: ArithConfig, ops: str | None = None) -> dict:
+def problem(rng: random.Random, cfg: ArithConfig, ops: str | None = None, like: list[int] | None = None,
+            near: int = 0) -> dict:
     """One problem: question, GSM8K-style answer ("... #### 25") and the final number.
 
     ops: the operations to use, e.g. "+-+" (one per step; a step that would leave 0..max_number
-    takes the other operation). None draws the number of steps and each operation at random."""
+    takes the other operation). None draws the number of steps and each operation at random.
+    like: the start and the operands of a problem to stay near: each drawn within +-near of it
+    (where the range allows). None draws them anywhere in range."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    total = rng.randint(2, cfg.max_number)
+    total = rng.randint(2, cfg.max_number) if like is None else rng.randint(*_near(like[0], near, 2, cfg.max_number))
     question = [f"{name} has {total} {item}."]
     solution = [rng.choice(STARTS).format(name=name, a=total, item=item)]
     chain = []  # (op, before, operand, after) per step
@@ -114,7 +117,8 @@ def problem(rng: random.Random, cfg: ArithConfig, ops: str | None = None) -> dic
         allowed = [op for op in "+-" if (op == "+" and total + 1 <= cfg.max_number) or (op == "-" and total >= 1)]
         op = rng.choice(allowed) if ops is None or ops[i] not in allowed else ops[i]
         room = cfg.max_number - total if op == "+" else total
-        n = rng.randint(1, min(cfg.max_operand, room))
+        top = min(cfg.max_operand, room)
+        n = rng.randint(1, top) if like is None or i + 1 >= len(like) else rng.randint(*_near(like[i + 1], near, 1, top))
         new = total + n if op == "+" else total - n
         said, solved = OPS[op]
         question.append(rng.choice(said).format(name=name, n=n, item=item))
@@ -147,19 +151,35 @@ def structure(answer: str) -> str:
     return "".join(m.group(2) for m in STEP.finditer(answer))
 
 
-def similar_problems(answers: list[str], cfg: ArithConfig, seed: int, avoid: set[str] = frozenset()) -> list[dict]:
+def _near(x: int, near: int, lo: int, hi: int) -> tuple[int, int]:
+    """The range x +- near within [lo, hi]; all of [lo, hi] if they do not meet."""
+    a, b = max(lo, x - near), min(hi, x + near)
+    return (a, b) if a <= b else (lo, hi)
+
+
+def numbers(answer: str) -> list[int]:
+    """The start and the operands of a GSM8K-form solution of this benchmark: [23, 7, 5]."""
+    steps = STEP.findall(answer)
+    return [int(steps[0][0])] + [int(m[2]) for m in steps] if steps else []
+
+
+def similar_problems(answers: list[str], cfg: ArithConfig, seed: int, avoid: set[str] = frozenset(),
+                     near: int | None = None) -> list[dict]:
     """One new problem per given solution, with the same operations in the same order: the same
-    skills and structure, new numbers, names and things. Questions in `avoid` are never returned."""
+    skills and structure, new names and things, and new numbers: anywhere in range (near None), or
+    the start and each operand within +-near of the solution's (the same facts, nearly).
+    Questions in `avoid` are never returned."""
     rng = random.Random(seed)
     out = []
     for answer in answers:
         ops = structure(answer) or None
+        like = (numbers(answer) or None) if near is not None else None
         for _ in range(50):  # a few draws find numbers that keep every operation in range
-            p = problem(rng, cfg, ops)
+            p = problem(rng, cfg, ops, like, near or 0)
             if p["question"] not in avoid and (ops is None or structure(p["answer"]) == ops):
                 break
-        while p["question"] in avoid:
-            p = problem(rng, cfg, ops)
+        while p["question"] in avoid:  # names and things alone make hundreds of questions
+            p = problem(rng, cfg, ops, like, near or 0)
         avoid = avoid | {p["question"]}
         out.append(p)
     return out

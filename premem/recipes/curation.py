@@ -69,6 +69,10 @@ class CurationConfig:
     template_fraction: float = 0.25
     """Each round collects new problems like the top-ranked quarter (this fraction) of the data so far, cycling
     through them: a strategy only matters if it picks a region, not everything."""
+    near: int | None = None
+    """How alike a collected problem is to its template: None, the same operations with new numbers anywhere in
+    range; k, also the start and each operand within +-k of the template's (the same facts, nearly). Strategies
+    run with it are labelled <strategy>-near<k>."""
     tau: float = -2.6
     """Memorization threshold for premem_low (the quickstart's auto value on this benchmark)."""
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(samples=4, max_new_tokens=96))
@@ -99,16 +103,17 @@ def experiment(cfg: CurationConfig) -> pd.DataFrame:
     for seed in cfg.seeds:
         start = fresh_problems(cfg.benchmark, cfg.start, seed=1000 + seed, avoid=test_questions(cfg.benchmark))
         for name in strategies:
+            label = name if name == "random" or cfg.near is None else f"{name}-near{cfg.near}"
             data = start
             for k, size in enumerate(sizes):
-                where = out / f"seed{seed}" / ("start" if k == 0 else f"{name}/round{k}")
+                where = out / f"seed{seed}" / ("start" if k == 0 else f"{label}/round{k}")
                 last = k == len(sizes) - 1
                 acc, scores = run_round(cfg, base, data, test_path, where, seed, score_train=not last)
-                rows.append({"seed": seed, "strategy": name, "round": k, "examples": len(data), "test_acc": acc})
+                rows.append({"seed": seed, "strategy": label, "round": k, "examples": len(data), "test_acc": acc})
                 save_rounds(rows, out)  # every round on record as soon as it is done
-                log.info("seed %d %s round %d: %d examples, test accuracy %.3f", seed, name, k, len(data), acc)
+                log.info("seed %d %s round %d: %d examples, test accuracy %.3f", seed, label, k, len(data), acc)
                 if not last:
-                    nxt = out / f"seed{seed}" / name / f"round{k + 1}"
+                    nxt = out / f"seed{seed}" / label / f"round{k + 1}"
                     data = data + collect(cfg, name, data, scores, nxt, size_next=sizes[k + 1], seed=seed)
         data = start
         for size in cfg.iid_budgets:  # i.i.d. beyond the last round, for the efficiency ratios
@@ -120,7 +125,16 @@ def experiment(cfg: CurationConfig) -> pd.DataFrame:
 
 
 def save_rounds(rows: list[dict], out: Path) -> pd.DataFrame:
+    """Write rows into out/rounds.parquet, keeping the rows of other strategies and seeds run there before
+    (a strategy run again replaces its own rows); returns the whole table."""
+    key = ["seed", "strategy", "round", "examples"]
     table = pd.DataFrame(rows)
+    if (out / "rounds.parquet").is_file():
+        old = pd.read_parquet(out / "rounds.parquet")
+        if set(key) <= set(old.columns):
+            mine = old.set_index(key).index.isin(table.set_index(key).index)
+            table = pd.concat([old[~mine], table], ignore_index=True)
+    table = table.sort_values(["seed", "strategy", "round", "examples"], ignore_index=True)
     with atomic_path(out / "rounds.parquet") as tmp:
         table.to_parquet(tmp, index=False)
     return table
@@ -148,7 +162,8 @@ def collect(cfg: CurationConfig, strategy: str, data: list[dict], inp, where: Pa
     from premem.curate.strategies import get_strategy
 
     chosen = pick_templates(get_strategy(strategy), inp, cfg.template_fraction, n, seed)
-    new = similar_problems([data[i]["answer"] for i in chosen], cfg.benchmark, seed=4000 + seed + size_next, avoid=taken)
+    new = similar_problems([data[i]["answer"] for i in chosen], cfg.benchmark, seed=4000 + seed + size_next, avoid=taken,
+                           near=cfg.near)
     with atomic_path(where / "collected.jsonl") as tmp:  # what the round asked for, for the record
         pd.DataFrame({"template_id": chosen, "question": [p["question"] for p in new]}
                      ).to_json(tmp, orient="records", lines=True)

@@ -68,3 +68,19 @@ def test_similar_problems_keep_the_structure_and_are_new():
     assert same == 50
     assert all(len(structure(p["answer"])) == len(structure(r["answer"])) for p, r in zip(new, train))
     assert new == similar_problems([r["answer"] for r in train], cfg, seed=1, avoid=seen)
+
+
+def test_similar_problems_near_keep_the_facts_nearly():
+    from premem.data.arith import numbers, similar_problems, structure
+
+    cfg = ArithConfig(n_train=0, n_test=40, max_number=20, max_operand=6, seed=3)
+    _, templates = generate(cfg)
+    new = similar_problems([t["answer"] for t in templates], cfg, seed=1, near=1)
+    for t, p in zip(templates, new):
+        assert structure(p["answer"]) == structure(t["answer"])
+        like, got = numbers(t["answer"]), numbers(p["answer"])
+        assert len(got) == len(like) and all(abs(a - b) <= 1 for a, b in zip(like, got)), (t["answer"], p["answer"])
+        assert p["question"] != t["question"]
+    anywhere = similar_problems([t["answer"] for t in templates], cfg, seed=1)
+    spread = [abs(numbers(t["answer"])[0] - numbers(p["answer"])[0]) for t, p in zip(templates, anywhere)]
+    assert max(spread) > 1  # without near the start is drawn anywhere in range
