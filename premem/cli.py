@@ -333,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="directory for everything (default premem-curation)")
     p.add_argument("--config", help="YAML experiment config (see configs/experiment/curation.yaml)")
+    _settings_epilog(p, "premem.recipes.curation", "CurationConfig")
     p.set_defaults(func=cmd_experiment_curation, overrides=[])
 
     p = verbs.add_parser(
@@ -346,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="directory for everything (default premem-quickstart)")
     p.add_argument("--config", help="YAML quickstart config")
+    _settings_epilog(p, "premem.recipes.quickstart", "QuickstartConfig")
     p.set_defaults(func=cmd_quickstart, overrides=[])
 
     p = verbs.add_parser(
@@ -444,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="YAML loop config")
     p.add_argument("--out", help="directory for the rounds and the record (default premem-loop)")
+    _settings_epilog(p, "premem.curate.loop", "LoopConfig")
     p.set_defaults(func=cmd_curate_loop, overrides=[])
 
     data = verbs.add_parser("data", help="load, validate and export datasets").add_subparsers(
@@ -517,6 +520,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train, overrides=[])
 
     return parser
+
+
+def _settings_epilog(parser: argparse.ArgumentParser, module: str, name: str) -> None:
+    """--help ends with every KEY=VALUE setting of the verb's config dataclass and its docstring (built only
+    when --help is asked for: the config's module may import pandas and torch)."""
+    plain = parser.format_help
+
+    def with_settings() -> str:
+        import importlib
+        import textwrap
+
+        from premem.config import settings_help
+
+        if parser.formatter_class is not argparse.RawDescriptionHelpFormatter and parser.description:
+            parser.description = textwrap.fill(parser.description, 100)
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = "settings (KEY=VALUE, or in --config YAML):\n\n" + settings_help(
+            getattr(importlib.import_module(module), name))
+        return plain()
+
+    parser.format_help = with_settings
 
 
 def main(argv: list[str] | None = None) -> int:

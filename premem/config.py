@@ -151,3 +151,52 @@ def _merge(base: dict, given: dict) -> dict:
 
 def _deepcopy(d: dict) -> dict:
     return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+# -- --help from the dataclasses ------------------------------------------------------------
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """A dataclass's field docstrings (the string literal right under each field), by field name."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr) \
+                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def settings_help(config: Any, prefix: str = "", depth: int = 2) -> str:
+    """Every setting of a config (a dataclass or an instance) as KEY (default): doc, nested configs as KEY.SUB
+    with the defaults the outer config gives them: an epilog for --help."""
+    import textwrap
+
+    lines = []
+    cls = config if isinstance(config, type) else type(config)
+    docs = field_docs(cls)
+    instance = cls() if isinstance(config, type) else config
+    for f in dataclasses.fields(cls):
+        if f.name.startswith("_"):
+            continue
+        value = getattr(instance, f.name)
+        sub = _dataclass_in(f.type if not isinstance(f.type, str) else typing.get_type_hints(cls).get(f.name))
+        if sub is not None and depth > 1 and dataclasses.is_dataclass(value):
+            lines.append(textwrap.fill(f"{prefix}{f.name}.*: {docs.get(f.name, '')}", 100, subsequent_indent="    "))
+            lines.append(settings_help(value, f"{prefix}{f.name}.", depth - 1))
+            continue
+        shown = value if not dataclasses.is_dataclass(value) else "{...}"
+        lines.append(textwrap.fill(f"{prefix}{f.name} ({shown!r}): {docs.get(f.name, '')}", 100,
+                                   subsequent_indent="    "))
+    return "\n".join(lines)

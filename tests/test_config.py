@@ -72,3 +72,25 @@ def test_a_section_given_in_part_keeps_its_other_defaults(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("grid:\n  a: [9]\n")
     assert load_config(WithDefaults, path).grid == Grid(a=[9], b=[3])
+
+
+def test_help_lists_every_setting_with_its_docstring_and_the_outer_default():
+    from premem.config import field_docs, settings_help
+    from premem.curate.loop import LoopConfig
+
+    assert field_docs(LoopConfig)["sizes"].startswith("Training-set size after each round")
+    text = settings_help(LoopConfig)
+    # a nested config shows the default the outer config gives it, not its own class default
+    assert "train.save_every ('doubling')" in text and "generator.kind ('arith')" in text
+    assert "sampling.samples (4)" in text
+
+
+def test_verbs_help_ends_with_the_settings(capsys):
+    import pytest as _pytest
+
+    from premem.cli import main
+
+    with _pytest.raises(SystemExit):
+        main(["curate", "loop", "--help"])
+    out = capsys.readouterr().out
+    assert "usage: premem curate loop" in out and "settings (KEY=VALUE" in out and "template_fraction (0.25)" in out
