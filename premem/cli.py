@@ -308,6 +308,59 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- probe -----------------------------------------------------------------------------------
+
+
+def _flag_overrides(args: argparse.Namespace, pairs: list[tuple[str, str]]) -> list[str]:
+    """KEY=VALUE for each (config key, argument name) given on the command line, then the free overrides."""
+    given = [f"{key}={getattr(args, name)}" for key, name in pairs if getattr(args, name, None) is not None]
+    return given + list(args.overrides)
+
+
+def cmd_probe_build(args: argparse.Namespace) -> int:
+    from premem.config import load_config
+    from premem.data.probes import PROBES_FILE, ProbeBuildConfig, build_probes
+
+    pairs = [("data", "data"), ("out", "out"), ("n", "n"), ("seed", "seed"), ("irrelevant", "irrelevant"),
+             ("model", "model")]
+    cfg = load_config(ProbeBuildConfig, args.config, _flag_overrides(args, pairs))
+    probes = build_probes(cfg)
+    m = probes.manifest
+    counts = ", ".join(f"{t} {n}" for t, n in m["types"].items())
+    print(f"{m['n']} probe prompts from {m['data']['path']} (seed {m['seed']}), {len(probes.rows)} responses: {counts}")
+    if m["model"] and "rephrased" in m["model"]:
+        print(f"rephrases written by {m['model']['path']}: {m['model']['rephrased']} "
+              f"({m['model']['rephrase_dropped']} dropped: empty, unchanged or too long)")
+    print(f"-> {probes.path / PROBES_FILE}\n-> {probes.path / 'manifest.json'} (data fingerprint {m['data']['fingerprint'][:12]}…)")
+    return 0
+
+
+def cmd_probe_track(args: argparse.Namespace) -> int:
+    from premem.config import load_config
+    from premem.metrics.probes import report
+    from premem.sampling.probes import TABLE, ProbeTrackConfig, track
+    from premem.store import ScoreStore
+
+    pairs = [("run", "run"), ("probes", "probes"), ("store", "store"), ("data", "data"), ("base", "base"),
+             ("run_name", "run_name"), ("backend", "backend"), ("actors", "actors"), ("address", "address")]
+    cfg = load_config(ProbeTrackConfig, args.config, _flag_overrides(args, pairs))
+    summary = track(cfg)
+    print(f"{summary.run}: {len(summary.checkpoints)} checkpoints (steps {', '.join(map(str, summary.checkpoints))}); "
+          f"{summary.tasks_run} tracked, {summary.tasks_skipped} already done, {summary.retries} retried; "
+          f"{summary.seconds:.1f} s -> {cfg.store} ({TABLE})\n")
+    print(report(ScoreStore(cfg.store).read(TABLE), [summary.run]))
+    return 0
+
+
+def cmd_probe_show(args: argparse.Namespace) -> int:
+    from premem.metrics.probes import report
+    from premem.sampling.probes import TABLE
+    from premem.store import ScoreStore
+
+    print(report(ScoreStore(args.store).read(TABLE), args.run))
+    return 0
+
+
 # -- the parser --------------------------------------------------------------------------------
 
 
@@ -518,6 +571,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin/.pt) weights")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
     p.set_defaults(func=cmd_train, overrides=[])
+
+    probe = verbs.add_parser(
+        "probe", help="learning dynamics of a run: log-probs of probe responses of many types, squeezing"
+    ).add_subparsers(dest="probe_verb", required=True, metavar="ACTION")
+    p = probe.add_parser(
+        "build",
+        help="draw probe prompts from preference data and make their responses of every type",
+        description="Draw N probe prompts (seeded) from preference data and write, for each, responses of every "
+        "type that can be made offline (chosen, rejected, other_chosen, irrelevant, random_sentence, "
+        "shuffled_chosen, shuffled_irrelevant; with --model also random_tokens and the model's rephrase_chosen / "
+        "rephrase_rejected) to OUT/probes.jsonl, with OUT/manifest.json recording the data's fingerprint.",
+    )
+    p.add_argument("--config", help="YAML probe build config")
+    p.add_argument("--data", help="preference data (prompt, chosen, rejected)")
+    p.add_argument("--out", help="probe set directory to write")
+    p.add_argument("--n", type=int, help="probe prompts to draw (default 32)")
+    p.add_argument("--seed", type=int, help="seed of the draw and the random types (default 0)")
+    p.add_argument("--irrelevant", help="data whose solutions are the irrelevant responses (default: the chosen "
+                   "responses of examples not drawn as probe prompts)")
+    p.add_argument("--model", help="model directory: random_tokens from its tokenizer, rephrases written by it")
+    p.set_defaults(func=cmd_probe_build, overrides=[])
+    _settings_epilog(p, "premem.data.probes", "ProbeBuildConfig")
+
+    p = probe.add_parser(
+        "track",
+        help="log π(response | prompt) of every probe response at every checkpoint of a run, on Ray actors",
+        description="For every checkpoint of a run and every probe response, the summed and mean log-probability "
+        "of the response given its prompt (paper template), and the greedy response y* (teacher-forced argmax on "
+        "[prompt; chosen]) with its log-probability, into the store's probe_scores table; then the mean per type "
+        "at each checkpoint and the squeezing verdict (greedy up while chosen and rejected both go down). "
+        "A re-run skips checkpoints already tracked.",
+    )
+    p.add_argument("--config", help="YAML probe track config")
+    p.add_argument("--run", help="run directory (checkpoint-<step>/ folders)")
+    p.add_argument("--probes", help="probe set directory (premem probe build)")
+    p.add_argument("--store", help="score store directory to write probe_scores to")
+    p.add_argument("--data", help="the preference data the probes were built from: refuse probes built for other data")
+    p.add_argument("--base", help="also track this model (the run's starting model) as step 0")
+    p.add_argument("--run-name", dest="run_name", help="name of the run in the store (default: the directory name)")
+    p.add_argument("--backend", choices=["hf", "vllm"], help="backend (default hf)")
+    p.add_argument("--actors", type=int, help="Ray actors (default 1)")
+    p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    p.set_defaults(func=cmd_probe_track, overrides=[])
+    _settings_epilog(p, "premem.sampling.probes", "ProbeTrackConfig")
+
+    p = probe.add_parser(
+        "show",
+        help="the per-type table and squeezing verdict of runs a store has probe scores for",
+        description="For each run of the store's probe_scores table (or those named): the mean summed "
+        "log-probability of each response type at each checkpoint, and the squeezing verdict.",
+    )
+    p.add_argument("--store", required=True, help="score store directory")
+    p.add_argument("--run", action="append", metavar="RUN", help="show this run (repeat for several; default all)")
+    p.set_defaults(func=cmd_probe_show)
 
     return parser
 

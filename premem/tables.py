@@ -1,9 +1,9 @@
 """The score store's tables: which columns each must have, and the checks a table must pass.
 
 DESIGN.md §3 fixes runs, train_scores and test_scores; samples and datasets are premem
-score's own (see premem.store). Every table has a key, the columns that identify a row;
-`validate` raises InputError with one line naming the file (or what was being written)
-and the first bad row.
+score's own (see premem.store), probe_scores premem probe track's. Every table has a key,
+the columns that identify a row; `validate` raises InputError with one line naming the
+file (or what was being written) and the first bad row.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class TableSpec:
     key: tuple[str, ...]  # columns that identify a row; unique within the table
     ints: tuple[str, ...] = ()  # required non-negative integer columns
     floats: tuple[str, ...] = ()  # required positive float columns
+    reals: tuple[str, ...] = ()  # required finite float columns, any sign (log-probabilities)
     counts: bool = False  # has n_samples / n_correct to check against each other
     strs: tuple[str, ...] = ("run",)  # required string columns
     nullable_strs: tuple[str, ...] = ()  # required columns holding a string or null
@@ -29,7 +30,7 @@ class TableSpec:
 
     @property
     def required(self) -> list[str]:
-        cols = self.key + self.ints + self.floats + self.strs + self.nullable_strs + self.bools
+        cols = self.key + self.ints + self.floats + self.reals + self.strs + self.nullable_strs + self.bools
         return list(dict.fromkeys(cols))
 
 
@@ -56,6 +57,12 @@ TABLES: dict[str, TableSpec] = {
         strs=("strategy", "generator", "data_sha256", "run_dir", "store_dir"),
     ),
     "curation_examples": TableSpec(("round", "example_id"), ints=("round", "example_id"), strs=("question",)),
+    # premem probe track (premem.sampling.probes): log π(response | prompt) of every probe response at every
+    # checkpoint; text holds the greedy response y* (type greedy), which changes with the checkpoint, else null
+    "probe_scores": TableSpec(
+        ("run", "step", "probe_id", "type"), ints=("step", "probe_id", "n_tokens"),
+        reals=("sum_logprob", "mean_logprob"), strs=("run", "type"), nullable_strs=("text",),
+    ),
 }
 
 
@@ -106,6 +113,12 @@ def validate(table: str, df: pd.DataFrame, where: str) -> None:
         if bad.any():
             row = int(np.argmax(bad))
             raise InputError(f"{where} row {row}: {col} must be a positive number, got {df[col].iloc[row]!r}")
+    for col in spec.reals:
+        values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise InputError(f"{where} row {row}: {col} must be a finite number, got {df[col].iloc[row]!r}")
     if spec.counts:
         over = df["n_correct"].to_numpy() > df["n_samples"].to_numpy()
         if over.any():

@@ -1,0 +1,279 @@
+"""`premem probe track`: log π(response | prompt) of every probe response at every checkpoint of a run.
+
+For each checkpoint (find_checkpoints; `base` adds the starting model as step 0) and each row
+of a probe set (premem.data.probes), the summed and per-token mean log-probability of the
+response under the paper template (question + "\\nAnswer:" -> " " + response + "\\nDone."),
+teacher-forced, through the sampling backends' `target_logprobs`. Plus the greedy response
+y* of each probe prompt: the argmax token at each position of [prompt; y+] (teacher forcing on
+the chosen response, as Ren & Sutherland), then log π(y* | prompt) scored as a sequence of its
+own; its text is kept in the row (type `greedy`, column text).
+
+One task per checkpoint, run by Ray actors (the scheduler of premem.sampling.actors, with
+checkpoint affinity and retries); each finished task is written as its own part of the store
+(`parts/probe_scores/run=<run>.step=<step>.probes.parquet`), so a re-run skips what is done.
+The probe set is recorded in the store's datasets table (split `probes`): a store tracks one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from premem.data.probes import PROBES_FILE, ProbeSet, check_probes_match, load_probes
+from premem.errors import InputError
+from premem.sampling.actors import SamplerActor
+from premem.sampling.backend import BackendOptions, SamplingParams, TargetLogprob
+from premem.sampling.checkpoints import Checkpoint, find_checkpoints
+from premem.store import ScoreStore
+
+log = logging.getLogger(__name__)
+
+TABLE = "probe_scores"
+
+
+@dataclass
+class ProbeTrackConfig:
+    """What `premem probe track` follows, on which checkpoints, and where it writes."""
+
+    run: str = ""
+    """Run directory: checkpoint-<step>/ folders (or anything premem score reads)."""
+    probes: str = ""
+    """Probe set directory written by premem probe build (probes.jsonl + manifest.json)."""
+    store: str = ""
+    """Score store directory to write table probe_scores to (created if missing; a re-run resumes it)."""
+    data: str = ""
+    """The preference data the probes were built from: refuse a probe set built for other data."""
+    base: str = ""
+    """Also track this model (the run's starting model) as step 0, so the first row is before training."""
+    run_name: str | None = None
+    """Name of the run in the store (default: the run directory's name)."""
+    backend: str = "hf"
+    """hf (transformers) or vllm."""
+    options: BackendOptions = field(default_factory=BackendOptions)
+    """How a backend loads and runs a checkpoint."""
+    actors: int = 1
+    """Ray actors (on CPU each takes options.threads cores)."""
+    gpus_per_actor: float = 0.0
+    """GPUs per actor (set 1 on a GPU machine)."""
+    address: str | None = None
+    """Ray cluster address to join (default: start a local Ray)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class ProbeTask:
+    """Every probe row of one checkpoint (run_tasks needs .checkpoint and .part)."""
+
+    checkpoint: Checkpoint
+    keys: list[tuple[int, str]]  # (probe_id, type) per row
+    prompt_ids: list[list[int]]
+    target_ids: list[list[int]]
+    greedy_ids: list[int]  # probe ids with a chosen response: their y*
+    greedy_prompt_ids: list[list[int]]
+    greedy_chosen_ids: list[list[int]]
+
+    @property
+    def part(self) -> str:
+        return f"run={self.checkpoint.run}.step={self.checkpoint.step}.probes"
+
+
+@dataclass
+class ProbeResult:
+    task: ProbeTask
+    scores: list[TargetLogprob]
+    greedy_tokens: list[list[int]]
+    greedy_scores: list[TargetLogprob]
+    seconds: float
+    pid: int
+
+
+class ProbeActor(SamplerActor):
+    """A sampler actor that scores probe tasks: teacher-forced log-probs and the greedy y*."""
+
+    def __init__(self, backend: str, options: BackendOptions):
+        super().__init__(backend, options, SamplingParams())
+
+    def run(self, task: ProbeTask) -> ProbeResult:  # type: ignore[override]
+        from premem.sampling.backend import make_backend
+
+        start = time.perf_counter()
+        if self.loaded != task.checkpoint:
+            if self.backend is not None:
+                self.backend.close()
+            self.backend = make_backend(self.backend_name, task.checkpoint, self.options)
+            self.loaded = task.checkpoint
+        scores = self.backend.target_logprobs(task.prompt_ids, task.target_ids)
+        greedy, greedy_scores = [], []
+        if task.greedy_ids:
+            greedy = teacher_forced_argmax(self.backend, task.greedy_prompt_ids, task.greedy_chosen_ids)
+            greedy_scores = self.backend.target_logprobs(task.greedy_prompt_ids, greedy)
+        return ProbeResult(task, scores, greedy, greedy_scores, time.perf_counter() - start, os.getpid())
+
+
+def teacher_forced_argmax(backend, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> list[list[int]]:
+    """For each (prompt, target): the most likely token at each target position given the gold prefix."""
+    own = getattr(backend, "teacher_forced_argmax", None)
+    if own is not None:
+        return own(prompt_ids, target_ids)
+    if backend.name == "hf":
+        return _argmax_hf(backend, prompt_ids, target_ids)
+    if backend.name == "vllm":
+        return _argmax_vllm(backend, prompt_ids, target_ids)
+    raise InputError(f"backend {backend.name!r}: cannot compute the greedy response (no teacher-forced argmax)")
+
+
+def _argmax_hf(backend, prompt_ids, target_ids) -> list[list[int]]:
+    import torch
+
+    out: list = [None] * len(prompt_ids)
+    seqs = [p + t for p, t in zip(prompt_ids, target_ids)]
+    size = max(1, backend.options.batch_size)
+    with torch.no_grad():
+        for start in range(0, len(seqs), size):
+            batch = list(range(start, min(start + size, len(seqs))))
+            width = max(len(seqs[i]) for i in batch)
+            ids = torch.full((len(batch), width), backend.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):  # right padding, as HFBackend.target_logprobs
+                ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+                mask[row, : len(seqs[i])] = 1
+            logits = backend.model(input_ids=ids.to(backend.device), attention_mask=mask.to(backend.device)).logits
+            for row, i in enumerate(batch):
+                p, t = len(prompt_ids[i]), len(target_ids[i])
+                out[i] = logits[row, p - 1 : p + t - 1].float().argmax(-1).tolist()
+    return out
+
+
+def _argmax_vllm(backend, prompt_ids, target_ids) -> list[list[int]]:
+    from vllm import SamplingParams as VLLMParams
+    from vllm.inputs import TokensPrompt
+
+    # prompt_logprobs=1: at each position the actual token's logprob and the top-1 token's (rank 1)
+    params = VLLMParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False)
+    outs = backend._llm().generate([TokensPrompt(prompt_token_ids=p + t) for p, t in zip(prompt_ids, target_ids)],
+                                   params, use_tqdm=False)
+    result = []
+    for o, p, t in zip(outs, prompt_ids, target_ids):
+        result.append([next(tok for tok, lp in o.prompt_logprobs[j].items() if lp.rank == 1)
+                       for j in range(len(p), len(p) + len(t))])
+    return result
+
+
+@dataclass
+class TrackSummary:
+    run: str
+    checkpoints: list[int]
+    tasks_run: int
+    tasks_skipped: int
+    retries: int
+    seconds: float
+
+
+def track(cfg: ProbeTrackConfig) -> TrackSummary:
+    """Score every probe response at every checkpoint of cfg.run into cfg.store; resumes."""
+    from premem.sampling.job import check_tokenizers, context_length
+    from premem.sampling.checkpoints import load_config
+
+    for name in ("run", "probes", "store"):
+        if not getattr(cfg, name):
+            raise InputError(f"probe track: say which {name} (--{name})")
+    probes = load_probes(cfg.probes)
+    if cfg.data:
+        from premem.data import DataConfig, load_example_set
+
+        check_probes_match(probes, load_example_set(DataConfig(path=cfg.data)))
+    checkpoints = find_checkpoints(cfg.run, cfg.run_name, allow_pickle=cfg.options.allow_pickle)
+    run = checkpoints[0].run
+    if cfg.base:
+        if checkpoints[0].step == 0:
+            raise InputError(f"base: {cfg.run} has a checkpoint at step 0 already")
+        base = find_checkpoints(cfg.base, allow_pickle=cfg.options.allow_pickle)[-1]
+        checkpoints.insert(0, replace(base, run=run, step=0))
+    tokenizer = check_tokenizers(checkpoints, cfg.options)
+    context = context_length(load_config(checkpoints[0], cfg.options))
+    encoded = encode_probes(probes, tokenizer, context)
+
+    store = ScoreStore(cfg.store, create=True)
+    if cfg.options.cache_dir is None:  # vLLM's merged copies of LoRA / GGUF checkpoints: under the store, as premem score
+        cfg.options.cache_dir = str(Path(cfg.store).resolve() / "cache")
+    store.check_dataset("probes", probes.fingerprint, path=str(probes.path / PROBES_FILE), n_examples=len(probes.rows),
+                        format="probes")
+    done = stored_keys(store)
+    tasks = [ProbeTask(c, *encoded) for c in checkpoints]
+    expected = [(pid, t) for pid, t in encoded[0]] + [(pid, "greedy") for pid in encoded[3]]
+    todo = [t for t in tasks if not all((run, t.checkpoint.step, pid, ty) in done for pid, ty in expected)]
+    log.info("%s: %d checkpoints, %d already tracked", run, len(tasks), len(tasks) - len(todo))
+
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), desc=f"probing {run}", unit="ckpt", disable=not cfg.progress)
+
+    def on_result(result: ProbeResult) -> None:
+        store.write_part(TABLE, result.task.part, result_rows(result, tokenizer))
+        bar.update(1)
+
+    retries = 0
+    if todo:
+        import ray
+
+        from premem.sampling.actors import ray_init, run_tasks
+
+        ray_init(cfg.address)
+        remote = ray.remote(max_restarts=-1, max_task_retries=0)(ProbeActor)
+        opts = {"num_cpus": cfg.options.threads, "num_gpus": cfg.gpus_per_actor}
+        actors = [remote.options(**opts).remote(cfg.backend, cfg.options) for _ in range(max(1, min(cfg.actors, len(todo))))]
+        try:
+            retries = run_tasks(actors, todo, on_result)
+        finally:
+            for a in actors:
+                ray.kill(a)
+    bar.close()
+    store.compact(TABLE)
+    return TrackSummary(run, [c.step for c in checkpoints], len(todo), len(tasks) - len(todo), retries,
+                        time.perf_counter() - start)
+
+
+def encode_probes(probes: ProbeSet, tokenizer, context: int):
+    """(keys, prompt ids, target ids) of every row, and (probe ids, prompt ids, chosen ids) for the greedy y*."""
+    keys, prompts, targets, greedy = [], [], [], ([], [], [])
+    for i, r in enumerate(probes.rows):
+        p = tokenizer(r.prompt + "\nAnswer:")["input_ids"]  # the paper template, as premem score renders it
+        t = tokenizer(" " + r.response + "\nDone.", add_special_tokens=False)["input_ids"]
+        if len(p) + len(t) > context:
+            raise InputError(
+                f"{probes.path / PROBES_FILE} row {i}: prompt and response take {len(p) + len(t)} tokens, more than "
+                f"the model's context of {context}"
+            )
+        keys.append((r.probe_id, r.type))
+        prompts.append(p)
+        targets.append(t)
+        if r.type == "chosen":
+            for lst, v in zip(greedy, (r.probe_id, p, t)):
+                lst.append(v)
+    return keys, prompts, targets, *greedy
+
+
+def stored_keys(store: ScoreStore) -> set[tuple[str, int, int, str]]:
+    if not store.has(TABLE):
+        return set()
+    df = store.read(TABLE)
+    return set(zip(df["run"], df["step"].astype(int), df["probe_id"].astype(int), df["type"]))
+
+
+def result_rows(result: ProbeResult, tokenizer) -> pd.DataFrame:
+    """The probe_scores rows of one checkpoint: every probe row, then each prompt's greedy y*."""
+    c = result.task.checkpoint
+    rows = [(c.run, c.step, pid, ty, s.sum_logprob, s.n_tokens, None)
+            for (pid, ty), s in zip(result.task.keys, result.scores)]
+    rows += [(c.run, c.step, pid, "greedy", s.sum_logprob, s.n_tokens, tokenizer.decode(toks, skip_special_tokens=True))
+             for pid, toks, s in zip(result.task.greedy_ids, result.greedy_tokens, result.greedy_scores)]
+    df = pd.DataFrame(rows, columns=["run", "step", "probe_id", "type", "sum_logprob", "n_tokens", "text"])
+    df["mean_logprob"] = df["sum_logprob"] / df["n_tokens"]
+    df["text"] = df["text"].astype(object)
+    return df[["run", "step", "probe_id", "type", "sum_logprob", "n_tokens", "mean_logprob", "text"]]
