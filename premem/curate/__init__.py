@@ -4,15 +4,14 @@
     result = curate(CurateConfig(store="scores/", data="train.jsonl", strategy="premem_low", budget=0.25, out="curated/"))
 
 Strategies (premem.curate.strategies, one registry name each): premem_low, random, loss,
-difficulty, cartography, s2l. The first per-example scoring stays importable as before:
+difficulty, cartography, s2l. Per-example PreMem across runs, what premem_low ranks by:
 
-    from premem.curate import example_scores, lowest_premem
+    from premem.curate import example_scores
     scores = example_scores(TrainingCurves.from_store(store), tau=-2.3)
-    subset = lowest_premem(scores, fraction=0.25)
 """
 
 from premem.curate.api import CurateConfig, CurateResult, curate, parse_budget
-from premem.curate.select import example_scores, lowest_premem, write_subset
+from premem.curate.select import example_scores
 from premem.curate.strategies import (
     STRATEGIES,
     UNAVAILABLE,
@@ -35,7 +34,5 @@ __all__ = [
     "describe",
     "example_scores",
     "get_strategy",
-    "lowest_premem",
     "parse_budget",
-    "write_subset",
 ]

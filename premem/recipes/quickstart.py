@@ -5,7 +5,7 @@
     3. train       a sweep of SFT runs (lr x epochs x data fraction) with premem train
     4. score       every checkpoint of every run, on Ray actors (premem score)
     5. predict     test accuracy from training metrics alone (premem predict)
-    6. curate      the training examples with the lowest pre-memorization accuracy
+    6. curate      the training examples with the lowest pre-memorization accuracy (premem curate)
     7. report      one self-contained HTML file (premem report)
 
 Everything lands under `out`. Each stage reuses finished work: the benchmark is regenerated
@@ -62,7 +62,7 @@ class QuickstartConfig:
     """What `premem quickstart` builds, trains, scores and writes."""
 
     out: str = "premem-quickstart"
-    """Directory for everything: data/, base/, runs/, store/, predict.png, curated.jsonl, report.html."""
+    """Directory for everything: data/, base/, runs/, store/, predict.png, curated/, report.html."""
     benchmark: ArithConfig = field(default_factory=lambda: ArithConfig(n_train=256, n_test=128, max_number=20, max_operand=6))
     """The tiny reasoning benchmark."""
     model: BaseModelConfig = field(default_factory=BaseModelConfig)
@@ -82,7 +82,7 @@ class QuickstartConfig:
     tau: str | float = "auto"
     """Memorization threshold on log(log(ppl)), or auto (chosen by nested leave-one-run-out)."""
     curate_fraction: float = 0.25
-    """Share of the training examples, lowest pre-memorization accuracy first, in curated.jsonl."""
+    """Share of the training examples, lowest pre-memorization accuracy first, in curated/ (premem curate's output)."""
     progress: bool = True
     """Show progress bars."""
 
@@ -125,12 +125,12 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     prediction = predict(curves, cfg.tau)
     prediction_scatter(prediction, out / "predict.png")
     stage("curate")
-    from premem.curate import example_scores, lowest_premem, write_subset
+    from premem.curate import CurateConfig, curate
 
-    scores = example_scores(curves, prediction.tau)
-    curated = write_subset(
-        lowest_premem(scores, cfg.curate_fraction), load_example_set(DataConfig(path=str(train_path))), out / "curated.jsonl"
-    )
+    # the registry's premem_low, as `premem curate` runs it: the subset, its TRL form and a manifest
+    curated = curate(CurateConfig(store=str(store), data=DataConfig(path=str(train_path)), strategy="premem_low",
+                                  budget=float(cfg.curate_fraction), tau=prediction.tau,
+                                  out=str(out / "curated"))).subset
     stage("report")
     from premem.report import build_report
 

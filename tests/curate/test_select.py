@@ -1,11 +1,7 @@
-import json
-
 import pandas as pd
 import pytest
 
-from premem.curate import example_scores, lowest_premem, write_subset
-from premem.data import DataConfig, load_example_set
-from premem.errors import InputError
+from premem.curate import example_scores
 from premem.metrics.premem import TrainingCurves
 
 
@@ -31,25 +27,3 @@ def test_scores_are_final_premem_averaged_over_the_runs_that_trained_on_the_exam
     assert s.loc[0, "premem"] == 0.5 and s.loc[0, "n_runs"] == 1 and s.loc[0, "memorized"] == 1.0
     assert s.loc[1, "premem"] == pytest.approx((0.75 + 0.25) / 2) and s.loc[1, "n_runs"] == 2
     assert s.loc[0, "train_acc"] == 1.0  # plain accuracy would call the memorized example solved
-
-
-def test_lowest_premem_takes_the_fraction_with_ties_broken_by_id():
-    scores = pd.DataFrame({"example_id": [5, 3, 9, 1], "premem": [0.2, 0.0, 0.2, 0.9]})
-    assert list(lowest_premem(scores, 0.5)["example_id"]) == [3, 5]
-    assert list(lowest_premem(scores, 0.01)["example_id"]) == [3]  # never empty
-    with pytest.raises(InputError, match="fraction"):
-        lowest_premem(scores, 0)
-
-
-def test_write_subset_keeps_the_examples_and_refuses_unknown_ids(tmp_path):
-    data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"s {i} #### {i}"}) + "\n" for i in range(4)))
-    ds = load_example_set(DataConfig(path=str(data)))
-    out = write_subset(pd.DataFrame({"example_id": [2, 0], "premem": [0.0, 0.25]}), ds, tmp_path / "c.jsonl")
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [(r["id"], r["question"], r["answer"], r["premem"]) for r in rows] == [
-        (2, "q2", "s 2 #### 2", 0.0), (0, "q0", "s 0 #### 0", 0.25)]
-    assert load_example_set(DataConfig(path=str(out))).examples[0].answer == "2"  # reads back as GSM8K
-    with pytest.raises(InputError, match="example 7"):
-        write_subset(pd.DataFrame({"example_id": [7], "premem": [0.0]}), ds, tmp_path / "bad.jsonl")
-    assert not (tmp_path / "bad.jsonl").exists()

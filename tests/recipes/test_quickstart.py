@@ -42,9 +42,13 @@ def test_quickstart_writes_every_stage(first):
     assert set(train["example_id"]) == set(range(48)) and train["perplexity"].gt(1).all()
     assert set(store.read("test_scores")["example_id"]) == set(range(24))
     assert result.prediction.n_runs == 4 and result.prediction.n_points >= 4
-    curated = [json.loads(line) for line in (out / "curated.jsonl").read_text().splitlines()]
-    assert len(curated) == 12  # a quarter of 48
-    assert [c["premem"] for c in curated] == sorted(c["premem"] for c in curated)
+    curated = [json.loads(line) for line in (out / "curated" / "train.jsonl").read_text().splitlines()]
+    assert len(curated) == 12  # a quarter of 48, the benchmark's own lines
+    manifest = json.loads((out / "curated" / "manifest.json").read_text())
+    scores = pd.DataFrame(manifest["examples"])
+    chosen = scores[scores["selected"]]
+    assert len(chosen) == 12 and chosen["score"].max() <= scores[~scores["selected"]]["score"].min()
+    assert manifest["tau"] == result.prediction.tau and manifest["strategy"]["name"] == "premem_low"
     html = (out / "report.html").read_text()
     assert html.count("<img") >= 4 and "http://" not in html and "https://" not in html
     summary = json.loads((out / "summary.json").read_text())
