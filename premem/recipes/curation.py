@@ -73,6 +73,9 @@ class CurationConfig:
     """How alike a collected problem is to its template: None, the same operations with new numbers anywhere in
     range; k, also the start and each operand within +-k of the template's (the same facts, nearly). Strategies
     run with it are labelled <strategy>-near<k>."""
+    iid_mix: float = 0.0
+    """Share of each round's new problems drawn i.i.d. instead of like the templates (0: none). Strategies run
+    with it are labelled <strategy>-mix<share>: curated data drifts from the test distribution, mixing holds it."""
     tau: float = -2.6
     """Memorization threshold for premem_low (the quickstart's auto value on this benchmark)."""
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(samples=4, max_new_tokens=96))
@@ -93,6 +96,8 @@ def experiment(cfg: CurationConfig) -> pd.DataFrame:
     sizes = [cfg.start] + list(cfg.budgets)
     if sorted(set(sizes)) != sizes:
         raise InputError(f"budgets: expected sizes growing from start={cfg.start}, got {cfg.budgets}")
+    if not 0 <= cfg.iid_mix <= 1:
+        raise InputError(f"iid_mix {cfg.iid_mix}: expected a share in [0, 1]")
     out = Path(cfg.out)
     _, test_path = write_benchmark(dataclasses.replace(cfg.benchmark, n_train=0), out / "data")
     # the tokenizer learns the traces' words from problems no run trains on
@@ -103,7 +108,8 @@ def experiment(cfg: CurationConfig) -> pd.DataFrame:
     for seed in cfg.seeds:
         start = fresh_problems(cfg.benchmark, cfg.start, seed=1000 + seed, avoid=test_questions(cfg.benchmark))
         for name in strategies:
-            label = name if name == "random" or cfg.near is None else f"{name}-near{cfg.near}"
+            label = name if name == "random" else name + (f"-near{cfg.near}" if cfg.near is not None else "") + (
+                f"-mix{cfg.iid_mix:g}" if cfg.iid_mix else "")
             data = start
             for k, size in enumerate(sizes):
                 where = out / f"seed{seed}" / ("start" if k == 0 else f"{label}/round{k}")
@@ -161,11 +167,14 @@ def collect(cfg: CurationConfig, strategy: str, data: list[dict], inp, where: Pa
         return fresh_problems(cfg.benchmark, n, seed=3000 + seed + size_next, avoid=taken)
     from premem.curate.strategies import get_strategy
 
-    chosen = pick_templates(get_strategy(strategy), inp, cfg.template_fraction, n, seed)
+    iid = fresh_problems(cfg.benchmark, round(cfg.iid_mix * n), seed=5000 + seed + size_next, avoid=taken) \
+        if cfg.iid_mix else []
+    taken |= {p["question"] for p in iid}
+    chosen = pick_templates(get_strategy(strategy), inp, cfg.template_fraction, n - len(iid), seed)
     new = similar_problems([data[i]["answer"] for i in chosen], cfg.benchmark, seed=4000 + seed + size_next, avoid=taken,
-                           near=cfg.near)
+                           near=cfg.near) + iid
     with atomic_path(where / "collected.jsonl") as tmp:  # what the round asked for, for the record
-        pd.DataFrame({"template_id": chosen, "question": [p["question"] for p in new]}
+        pd.DataFrame({"template_id": chosen + [-1] * len(iid), "question": [p["question"] for p in new]}
                      ).to_json(tmp, orient="records", lines=True)
     return new
 

@@ -1,5 +1,7 @@
 """The curation experiment: its arithmetic (curves, efficiency ratios) and one tiny end-to-end pass."""
 
+import dataclasses
+
 import pandas as pd
 import pytest
 
@@ -50,3 +52,9 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert collected["template_id"].nunique() == 3 and collected["template_id"].value_counts().tolist() == [4, 4, 4]
     again = experiment(cfg)  # everything reused: same table
     pd.testing.assert_frame_equal(again, rounds)
+
+    # half of each round's new problems i.i.d.: a strategy of its own, added to the table beside the others
+    mixed = experiment(dataclasses.replace(cfg, strategies=["premem_low"], iid_budgets=[], iid_mix=0.5))
+    assert set(mixed["strategy"]) == {"random", "premem_low", "premem_low-mix0.5"}
+    collected = pd.read_json(out / "seed0" / "premem_low-mix0.5" / "round1" / "collected.jsonl", lines=True)
+    assert (collected["template_id"] == -1).sum() == 6 and len(collected) == 12
