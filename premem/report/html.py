@@ -6,6 +6,10 @@ The page: what the store holds and the tau used; how well each training-time fea
 predicts test accuracy; per run, the accuracy curves, the predicted-vs-actual scatter, the
 spread of per-example pre-memorization accuracy, the fraction memorized; the runs table.
 
+With probe_scores (premem probe track) a "Learning dynamics (probes)" section follows: per run, each
+response type's mean summed log π(y|x) by checkpoint and the squeezing verdict (premem.report.probes).
+A store with probe_scores and no train scores gets a page of that section alone.
+
 Test scores are optional: without them (or with them for fewer than 2 runs, too few to fit
 a line across runs) the prediction parts say why they are missing and the rest still draws.
 """
@@ -25,8 +29,10 @@ from premem.files import atomic_path
 from premem.metrics.predict import Prediction, predict
 from premem.metrics.premem import FEATURES, TrainingCurves
 from premem.report import plots
+from premem.report.probes import probe_runs, probe_section
 from premem.store import ScoreStore
 
+PROBES_TITLE = "Learning dynamics (probes)"
 PAPER_TAU = -2.3  # Kang et al.'s GSM8K value: the fallback when tau=auto has no test scores to choose by
 
 
@@ -40,13 +46,25 @@ def build_report(store_dir: str | Path, out_path: str | Path = "report.html", ta
     if tau != "auto" and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau)):
         raise InputError(f"tau: expected a number or 'auto', got {tau!r}")
     store = ScoreStore(store_dir)
-    runs_table = store.runs()
-    curves = TrainingCurves.from_store(store)
-    if curves.frame.empty:
-        raise InputError(f"{store.path('train_scores')}: no train scores to report on")
-    pred, tau_used, note = fit(curves, tau)
-    points = pred.points if pred else curves.points(tau_used)
-    page = render(store, runs_table, curves, points, pred, tau, tau_used, note)
+    probes = store.read("probe_scores") if store.has("probe_scores") else None
+    if probes is not None and probes.empty:
+        probes = None
+    if not store.has("train_scores"):
+        if probes is None:
+            raise InputError(f"{store.path('train_scores')}: table missing from the score store, "
+                             "and no probe_scores either: nothing to report on")
+        page = render_probes_only(store, probes)
+    else:
+        runs_table = store.runs()
+        curves = TrainingCurves.from_store(store)
+        if curves.frame.empty:
+            if probes is None:
+                raise InputError(f"{store.path('train_scores')}: no train scores to report on")
+            page = render_probes_only(store, probes)
+        else:
+            pred, tau_used, note = fit(curves, tau)
+            points = pred.points if pred else curves.points(tau_used)
+            page = render(store, runs_table, curves, points, pred, tau, tau_used, note, probes)
     out = Path(out_path)
     with atomic_path(out) as tmp:  # a failed or killed build leaves no half-written report
         tmp.write_text(page, encoding="utf-8")
@@ -73,7 +91,7 @@ def fit(curves: TrainingCurves, tau: float | str) -> tuple[Prediction | None, fl
 # -- the page --------------------------------------------------------------------------------
 
 
-def render(store, runs_table, curves, points, pred, tau_asked, tau, note) -> str:
+def render(store, runs_table, curves, points, pred, tau_asked, tau, note, probes=None) -> str:
     runs = [r for r in runs_table["run"] if r in set(points["run"])]  # runs.parquet's order
     labels = plots.short_names(runs)
     per_ex = curves.per_example(tau)
@@ -105,9 +123,31 @@ def render(store, runs_table, curves, points, pred, tau_asked, tau, note) -> str
         figure(plots.memorized_curves(points, runs, labels, tau),
                f"Fraction of each run's training examples whose gold trace is memorized (log(log(ppl)) &lt; {tau:g})."),
     ))
+    if probes is not None:
+        sections.append(section(PROBES_TITLE, probe_section(probes, list(runs_table["run"]))))
     sections.append(section("Runs", runs_html(runs_table, points)))
     title = f"premem report: {store.root.name or store.root}"
     return PAGE.format(title=escape(title), body="\n".join(sections))
+
+
+def render_probes_only(store, probes: pd.DataFrame) -> str:
+    """A store with probe_scores but no train scores (one `premem probe track` wrote alone)."""
+    order = list(store.read("runs")["run"]) if store.has("runs") else None
+    runs = probe_runs(probes, order)
+    facts = [
+        ("store", f"<code>{escape(str(store.root.resolve()))}</code>"),
+        ("runs with probe scores", f"{len(runs)}"),
+        ("checkpoints", f"{len(probes[['run', 'step']].drop_duplicates())}"),
+        ("probe prompts", f"{probes['probe_id'].nunique()}"),
+    ]
+    rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
+    head = (f'<h1>premem report</h1>\n<table class="facts">{rows}</table>\n'
+            f'<p class="note">This store has no train scores ({escape(store.path("train_scores").name)} missing or empty): '
+            "pre-memorization accuracy, the test-accuracy prediction, memorization and the runs table are not drawn; "
+            "only the probes' learning dynamics are.</p>")
+    body = [head, section(PROBES_TITLE, probe_section(probes, order))]
+    title = f"premem report: {store.root.name or store.root}"
+    return PAGE.format(title=escape(title), body="\n".join(body))
 
 
 def summary(store, curves, points, pred, tau_asked, tau, note, runs, labels) -> str:

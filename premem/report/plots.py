@@ -198,6 +198,68 @@ def learning_curves(curve: pd.DataFrame, strategies: list[str] | None = None) ->
     return fig
 
 
+EMPHASISED_TYPES = {  # the three types the squeezing verdict rests on: thick, and the same colours everywhere
+    "chosen": "tab:green",
+    "rejected": "tab:red",
+    "greedy": "tab:blue",
+}
+
+
+def type_styles(types: list[str]) -> dict[str, dict]:
+    """One line style per probe response type, the same in every run's panel and in every report.
+
+    chosen, rejected and greedy are thick and solid; the other types are thin and dashed, each with
+    a colour fixed by its place in premem.data.probes.ALL_TYPES (unknown types share grey).
+    """
+    from premem.data.probes import ALL_TYPES
+
+    others = [t for t in ALL_TYPES if t not in EMPHASISED_TYPES]
+    palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i not in (0, 2, 3)]  # not blue, green, red
+    palette.append((0.0, 0.0, 0.0))  # 8 colours for the 8 other types of ALL_TYPES
+    styles = {}
+    for t in types:
+        if t in EMPHASISED_TYPES:
+            styles[t] = dict(color=EMPHASISED_TYPES[t], linewidth=2.2, linestyle="-", marker="o", markersize=3.5, zorder=3)
+        else:
+            color = palette[others.index(t) % len(palette)] if t in others else "0.6"
+            styles[t] = dict(color=color, linewidth=1.0, linestyle="--", marker=".", markersize=3, alpha=0.8, zorder=2)
+    return styles
+
+
+def probe_curves(curves: dict[str, pd.DataFrame], runs: list[str], labels: dict[str, str],
+                 change: bool = False) -> plt.Figure:
+    """Per run: the mean over probe prompts of summed log π(response | prompt) per response type, by step.
+
+    curves: run -> premem.metrics.probes.type_curves(scores, run). change=True draws each type's
+    change since the run's first checkpoint instead, where the squeezing verdict's moves are read off.
+    """
+    types = list(dict.fromkeys(t for run in runs for t in curves[run].columns))
+    styles = type_styles(types)
+    fig, axes = _grid(len(runs), ncols=4, size=(3.2, 2.5))
+    rows = math.ceil(len(types) / 6)  # the legend's rows: make room above the panels
+    height = fig.get_figheight() + 0.2 * rows
+    fig.set_figheight(height)
+    fig.subplots_adjust(top=1 - (0.35 + 0.2 * rows) / height, bottom=0.6 / height)
+    for ax, run in zip(axes, runs):
+        table = curves[run]
+        if change:
+            table = table - table.iloc[0]
+            ax.axhline(0, color="0.3", linewidth=0.8)
+        for t in table.columns:
+            ax.plot(table.index, table[t], label=t, **styles[t])
+        ax.set_title(labels[run], fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        _integer_steps(ax, pd.Series(table.index))
+    _label_grid(fig, "checkpoint step",
+                "change since the first checkpoint (nats)" if change else "mean summed log π(y|x) (nats)")
+    # one legend for all panels, the emphasised types first
+    order = sorted(types, key=lambda t: (t not in EMPHASISED_TYPES, list(EMPHASISED_TYPES).index(t) if t in EMPHASISED_TYPES else 0))
+    handles = [matplotlib.lines.Line2D([], [], label=t, **{k: v for k, v in styles[t].items() if k != "zorder"}) for t in order]
+    fig.legend(handles=handles, loc="upper center", ncols=min(len(order), 6), fontsize=7, frameon=False)
+    return fig
+
+
 def prediction_scatter(pred: Prediction, out: str | Path) -> Path:
     """`premem predict --plot`: the scatter, written to a .png, .svg or .pdf file."""
     return save(scatter_figure(pred), out)
