@@ -5,8 +5,11 @@ of a probe set (premem.data.probes), the summed and per-token mean log-probabili
 response under the paper template (question + "\\nAnswer:" -> " " + response + "\\nDone."),
 teacher-forced, through the sampling backends' `target_logprobs`. Plus the greedy response
 y* of each probe prompt: the argmax token at each position of [prompt; y+] (teacher forcing on
-the chosen response, as Ren & Sutherland), then log π(y* | prompt) scored as a sequence of its
-own; its text is kept in the row (type `greedy`, column text).
+the chosen response), and its log-probability as Ren & Sutherland's code measures it: the sum
+over the positions of the argmax token's log-probability under that same teacher forcing,
+sum_t max_v log π(v | x, y+_<t). That is the mass the model puts on its own favourite next token
+along the chosen response, which the squeezing effect inflates. Its text is kept in the row
+(type `greedy`, column text).
 
 One task per checkpoint, run by Ray actors (the scheduler of premem.sampling.actors, with
 checkpoint affinity and retries); each finished task is written as its own part of the store
@@ -112,16 +115,16 @@ class ProbeActor(SamplerActor):
         scores = self.backend.target_logprobs(task.prompt_ids, task.target_ids)
         greedy, greedy_scores = [], []
         if task.greedy_ids:
-            greedy = teacher_forced_argmax(self.backend, task.greedy_prompt_ids, task.greedy_chosen_ids)
-            greedy_scores = self.backend.target_logprobs(task.greedy_prompt_ids, greedy)
+            found = teacher_forced_argmax(self.backend, task.greedy_prompt_ids, task.greedy_chosen_ids)
+            greedy = [tokens for tokens, _ in found]
+            greedy_scores = [TargetLogprob(total, len(tokens)) for tokens, total in found]
         return ProbeResult(task, scores, greedy, greedy_scores, time.perf_counter() - start, os.getpid())
 
 
-def teacher_forced_argmax(backend, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> list[list[int]]:
-    """For each (prompt, target): the most likely token at each target position given the gold prefix."""
-    own = getattr(backend, "teacher_forced_argmax", None)
-    if own is not None:
-        return own(prompt_ids, target_ids)
+def teacher_forced_argmax(backend, prompt_ids: list[list[int]], target_ids: list[list[int]]
+                          ) -> list[tuple[list[int], float]]:
+    """For each (prompt, target): the most likely token at each target position given the gold prefix, and
+    the sum of those tokens' log-probabilities (each given the gold prefix)."""
     if backend.name == "hf":
         return _argmax_hf(backend, prompt_ids, target_ids)
     if backend.name == "vllm":
@@ -129,7 +132,7 @@ def teacher_forced_argmax(backend, prompt_ids: list[list[int]], target_ids: list
     raise InputError(f"backend {backend.name!r}: cannot compute the greedy response (no teacher-forced argmax)")
 
 
-def _argmax_hf(backend, prompt_ids, target_ids) -> list[list[int]]:
+def _argmax_hf(backend, prompt_ids, target_ids) -> list[tuple[list[int], float]]:
     import torch
 
     out: list = [None] * len(prompt_ids)
@@ -147,11 +150,12 @@ def _argmax_hf(backend, prompt_ids, target_ids) -> list[list[int]]:
             logits = backend.model(input_ids=ids.to(backend.device), attention_mask=mask.to(backend.device)).logits
             for row, i in enumerate(batch):
                 p, t = len(prompt_ids[i]), len(target_ids[i])
-                out[i] = logits[row, p - 1 : p + t - 1].float().argmax(-1).tolist()
+                best = logits[row, p - 1 : p + t - 1].float().log_softmax(-1).max(-1)
+                out[i] = (best.indices.tolist(), float(best.values.sum()))
     return out
 
 
-def _argmax_vllm(backend, prompt_ids, target_ids) -> list[list[int]]:
+def _argmax_vllm(backend, prompt_ids, target_ids) -> list[tuple[list[int], float]]:
     from vllm import SamplingParams as VLLMParams
     from vllm.inputs import TokensPrompt
 
@@ -161,8 +165,9 @@ def _argmax_vllm(backend, prompt_ids, target_ids) -> list[list[int]]:
                                    params, use_tqdm=False)
     result = []
     for o, p, t in zip(outs, prompt_ids, target_ids):
-        result.append([next(tok for tok, lp in o.prompt_logprobs[j].items() if lp.rank == 1)
-                       for j in range(len(p), len(p) + len(t))])
+        best = [next((tok, lp.logprob) for tok, lp in o.prompt_logprobs[j].items() if lp.rank == 1)
+                for j in range(len(p), len(p) + len(t))]
+        result.append(([tok for tok, _ in best], float(sum(lp for _, lp in best))))
     return result
 
 

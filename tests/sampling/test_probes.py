@@ -86,8 +86,9 @@ def direct_logprob(model_dir: Path, prompt: str, target_ids: list[int]) -> float
     return logprobs[len(p) - 1 :].gather(1, ids[0, len(p) :, None]).sum().item()
 
 
-def greedy_direct(model_dir: Path, prompt: str, chosen: str) -> list[int]:
-    """y*: the argmax at each position of [prompt; chosen] (teacher-forced on the chosen response)."""
+def greedy_direct(model_dir: Path, prompt: str, chosen: str) -> tuple[list[int], float]:
+    """y*: the argmax at each position of [prompt; chosen] (teacher-forced on the chosen response), and the sum
+    of those argmax tokens' log-probabilities under the same teacher forcing (Ren & Sutherland's measure)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -97,7 +98,8 @@ def greedy_direct(model_dir: Path, prompt: str, chosen: str) -> list[int]:
     t = tokenizer(" " + chosen + "\nDone.", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logits = model(torch.tensor([p + t])).logits[0]
-    return logits[len(p) - 1 : len(p) + len(t) - 1].argmax(-1).tolist()
+    best = logits[len(p) - 1 : len(p) + len(t) - 1].float().log_softmax(-1).max(-1)
+    return best.indices.tolist(), float(best.values.sum())
 
 
 def test_the_probe_set_has_every_type_and_the_models_rephrases(work):
@@ -140,10 +142,12 @@ def test_log_probs_match_transformers(work, tracked):
         assert stored["n_tokens"] == len(t)
         assert stored["sum_logprob"] == pytest.approx(direct_logprob(last, r.prompt, t), abs=1e-3)
     chosen = next(r for r in probes.rows if r.type == "chosen")
-    y_star = greedy_direct(last, chosen.prompt, chosen.response)
+    y_star, y_star_logprob = greedy_direct(last, chosen.prompt, chosen.response)
     stored = df.loc[("dpo", 4, chosen.probe_id, "greedy")]
     assert stored["text"] == tokenizer.decode(y_star, skip_special_tokens=True)
-    assert stored["sum_logprob"] == pytest.approx(direct_logprob(last, chosen.prompt, y_star), abs=1e-3)
+    assert stored["sum_logprob"] == pytest.approx(y_star_logprob, abs=1e-3) and stored["n_tokens"] == len(y_star)
+    # the argmax tokens' log-probs, each at most the gold token's: y* is never less likely than y+ this way
+    assert y_star_logprob >= df.loc[("dpo", 4, chosen.probe_id, "chosen")]["sum_logprob"] - 1e-3
     base = work["model"]  # step 0 of the SFT run is its starting model
     assert df.loc[("sft", 0, chosen.probe_id, "chosen")]["sum_logprob"] == pytest.approx(
         direct_logprob(base, chosen.prompt, tokenizer(" " + chosen.response + "\nDone.", add_special_tokens=False)[
