@@ -79,11 +79,9 @@ def fit_table(pred) -> str:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from premem.config import load_config
     from premem.recipes.quickstart import QuickstartConfig, quickstart
 
-    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    cfg = load_config(QuickstartConfig, args.config, overrides)
+    cfg = _job_config(QuickstartConfig, args)
     result = quickstart(cfg)
     took = result.seconds
     print(f"\npremem quickstart: {len(result.runs)} runs in {result.out} ({sum(took.values()):.0f} s: "
@@ -98,12 +96,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment_curation(args: argparse.Namespace) -> int:
-    from premem.config import load_config
     from premem.recipes.curation import CurationConfig, curves, efficiency, experiment, plot_curves
     from premem.report.curation import build_curation_report
 
-    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    cfg = load_config(CurationConfig, args.config, overrides)
+    cfg = _job_config(CurationConfig, args)
     rounds = experiment(cfg)
     curve = curves(rounds)
     eff = efficiency(curve)
@@ -173,11 +169,9 @@ def cmd_curate(args: argparse.Namespace) -> int:
 
 
 def cmd_curate_loop(args: argparse.Namespace) -> int:
-    from premem.config import load_config
     from premem.curate.loop import LoopConfig, loop
 
-    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    cfg = load_config(LoopConfig, args.config, overrides)
+    cfg = _job_config(LoopConfig, args)
     table = loop(cfg)
     cols = ["round", "examples", "added", "strategy", "generator", "train_acc", "premem", "test_acc", "seconds"]
     print()
@@ -627,6 +621,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_probe_show)
 
     return parser
+
+
+def _job_config(cls: type, args: argparse.Namespace):
+    """A job's config: --config YAML, then the KEY=VALUE overrides, then --out."""
+    from premem.config import load_config
+
+    return load_config(cls, args.config, list(args.overrides) + ([f"out={args.out}"] if args.out else []))
 
 
 def _settings_epilog(parser: argparse.ArgumentParser, module: str, name: str) -> None:

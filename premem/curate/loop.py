@@ -116,7 +116,6 @@ def loop(cfg: LoopConfig) -> pd.DataFrame:
     record = ScoreStore(out / "store", create=True)
     rows = [_row(ex) for ex in start.examples]
     _write_data(out / "round0", rows, start.grader, templates=[-1] * len(rows), record=record, k=0)
-    table = None
     for k, size in enumerate(sizes):
         where = out / f"round{k}"
         rows = _read_rows(where, start.grader, expect_prefix=rows)

@@ -67,13 +67,18 @@ class SamplerActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, task: Task) -> TaskResult:
-        start = time.perf_counter()
-        if self.loaded != task.checkpoint:
+    def load(self, checkpoint: Checkpoint):
+        """The backend with this checkpoint loaded (kept while tasks stay on it: loading costs most)."""
+        if self.loaded != checkpoint:
             if self.backend is not None:
                 self.backend.close()
-            self.backend = make_backend(self.backend_name, task.checkpoint, self.options)
-            self.loaded = task.checkpoint
+            self.backend = make_backend(self.backend_name, checkpoint, self.options)
+            self.loaded = checkpoint
+        return self.backend
+
+    def run(self, task: Task) -> TaskResult:
+        start = time.perf_counter()
+        self.load(task.checkpoint)
         targets = None
         if task.target_ids is not None:
             targets = self.backend.target_logprobs(task.prompt_ids, task.target_ids)

@@ -104,14 +104,8 @@ class ProbeActor(SamplerActor):
         super().__init__(backend, options, SamplingParams())
 
     def run(self, task: ProbeTask) -> ProbeResult:  # type: ignore[override]
-        from premem.sampling.backend import make_backend
-
         start = time.perf_counter()
-        if self.loaded != task.checkpoint:
-            if self.backend is not None:
-                self.backend.close()
-            self.backend = make_backend(self.backend_name, task.checkpoint, self.options)
-            self.loaded = task.checkpoint
+        self.load(task.checkpoint)
         scores = self.backend.target_logprobs(task.prompt_ids, task.target_ids)
         greedy, greedy_scores = [], []
         if task.greedy_ids:
