@@ -12,11 +12,8 @@ from html import escape
 
 import pandas as pd
 
-from premem.metrics.probes import Squeezing, squeezing, type_curves
+from premem.metrics.probes import SIGNIFICANT, VERDICT_TYPES, Squeezing, squeezing, type_curves
 from premem.report import plots
-
-VERDICT_TYPES = ("greedy", "chosen", "rejected")
-
 
 def probe_runs(scores: pd.DataFrame, order: list[str] | None = None) -> list[str]:
     """The runs with probe scores: in `order` (runs.parquet's) where listed, the rest sorted after."""
@@ -37,7 +34,8 @@ def probe_section(scores: pd.DataFrame, order: list[str] | None = None) -> str:
     intro = (f"<p>{n_probes} probe prompt{'s' * (n_probes != 1)}, {len(runs)} run{'s' * (len(runs) != 1)}. "
              "Squeezing (Ren &amp; Sutherland): in off-policy DPO the chosen and the rejected responses both lose "
              "probability while the model's greedy response y* gains it. A run is flagged when, from its first to its "
-             "last checkpoint, greedy rises while chosen and rejected both fall.</p>")
+             f"last checkpoint, greedy rises while chosen and rejected both fall, each move at least {SIGNIFICANT:g} "
+             "standard errors (over probe prompts) from zero.</p>")
     parts = [
         intro,
         verdicts_html(runs, verdicts),
@@ -67,13 +65,13 @@ def verdicts_html(runs: list[str], verdicts: dict[str, Squeezing]) -> str:
     rows = []
     for run in runs:
         v = verdicts[run]
-        moves = "".join(f'<td class="num">{v.deltas[t]:+.2f}</td>' if t in v.deltas else '<td class="num">–</td>'
-                        for t in VERDICT_TYPES)
+        moves = "".join(f'<td class="num">{escape(v.moves[t].describe())}</td>' if t in v.moves
+                        else '<td class="num">–</td>' for t in VERDICT_TYPES)
         rows.append(f'<tr class="verdict"><td>{escape(run)}</td><td><b>{escape(verdict_text(v))}</b></td>'
                     f'<td class="num">{v.first_step} → {v.last_step}</td>{moves}</tr>')
     return (f'<table class="grid verdicts">{head}{"".join(rows)}</table>\n'
-            '<p style="font-size:0.85em;color:#555">Change: of the mean summed log-prob (nats), '
-            "from the run's first to its last checkpoint.</p>")
+            '<p style="font-size:0.85em;color:#555">Change: of the summed log-prob (nats) from the run\'s first to its '
+            "last checkpoint, mean ± standard error over probe prompts, and how many prompts' went up.</p>")
 
 
 def run_table(run: str, table: pd.DataFrame, v: Squeezing) -> str:

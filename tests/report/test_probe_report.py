@@ -51,7 +51,7 @@ def check_verdicts(opened: Opened, scores: pd.DataFrame) -> None:
         assert v.squeezing is not None
         word = "yes" if v.squeezing else "no"
         assert rows[run] == [word, f"{v.first_step} → {v.last_step}",
-                             *(f"{v.deltas[t]:+.2f}" for t in ("greedy", "chosen", "rejected"))], rows[run]
+                             *(v.moves[t].describe() for t in ("greedy", "chosen", "rejected"))], rows[run]
         assert f"{run}: squeezing {word}" in text
 
 

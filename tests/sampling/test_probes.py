@@ -161,7 +161,7 @@ def test_track_prints_the_type_table_and_the_verdict(tracked):
         assert f"{run}: mean summed log π(response | prompt) over {N_PROBES} probe prompts" in out
         header = next(line for line in out.splitlines() if line.startswith("type"))
         assert header.split()[:3] == ["type", "chosen", "rejected"] and header.split()[-1] == "greedy"
-        assert f"{run}: squeezing " in out and "(change of the mean summed log-prob, step 0 -> " in out
+        assert f"{run}: squeezing " in out and "(change of summed log-prob, mean ± s.e. over prompts, step 0 -> " in out
 
 
 def test_a_rerun_skips_done_work_and_show_prints_the_store(work, tracked, capsys, monkeypatch):
