@@ -118,6 +118,35 @@ def cmd_experiment_curation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment_probes(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from premem.metrics.probes import SHORT as SHORT_TYPES
+    from premem.recipes.probes import ProbesConfig, experiment, extend_comparison, verdicts
+
+    cfg = _job_config(ProbesConfig, args)
+    results = experiment(cfg)
+    out = Path(cfg.out)
+    moves = pd.read_csv(out / "moves.csv")
+    sft = moves[moves["run"].str.endswith("sft")]
+    sft = sft.groupby(["run", "span", "first_step", "last_step", "type"], sort=False)["mean"].mean().unstack("type")
+    print("\nSFT: change of the mean summed log π(y|x) per type, mean over seeds "
+          "(span all: from the base model; trained: from the first epoch's checkpoint on)\n")
+    print(sft.rename(columns=SHORT_TYPES).to_string(float_format=lambda v: f"{v:+.1f}"))
+    print("\nsqueezing verdicts (change from the run's first checkpoint to its last; mean ± s.e. over prompts)\n")
+    print(verdicts(results).to_string(index=False))
+    ext = extend_comparison(results, cfg.dpo_from)
+    print("\nthe extend recipe: chosen's move under the same DPO, and extend − dpo paired by prompt "
+          "(positive: chosen falls less)\n")
+    print(ext.to_string(index=False, float_format=lambda v: f"{v:+.2f}"))
+    for k, g in ext.groupby("from_epoch"):
+        print(f"from SFT epoch {k}: extend − dpo = {g['difference'].mean():+.2f} nats over {len(g)} seeds "
+              f"(per seed {', '.join(f'{d:+.2f}' for d in g['difference'])})")
+    print(f"\n{out / 'tables.txt'} (every run's table per checkpoint)  {out / 'moves.csv'}")
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
 # -- report ----------------------------------------------------------------------------------
 
 
@@ -382,6 +411,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML experiment config (see configs/experiment/curation.yaml)")
     _settings_epilog(p, "premem.recipes.curation", "CurationConfig")
     p.set_defaults(func=cmd_experiment_curation, overrides=[])
+
+    p = exp.add_parser(
+        "probes",
+        help="learning dynamics: probe SFT, off-policy DPO and the extend recipe; flag squeezing",
+        description="For each seed: preference pairs on the tiny benchmark; SFT on chosen; SFT on chosen and "
+        "rejected (extend); the same DPO from each after the given epochs; a probe set; every run's checkpoints "
+        "tracked. Prints what SFT moves, the squeezing verdicts and how much less chosen falls after extend. "
+        "Settings: --config YAML and/or KEY=VALUE, e.g. seeds=[0] dpo_from=[1].",
+    )
+    p.add_argument("--out", help="directory for everything (default premem-probes)")
+    p.add_argument("--config", help="YAML experiment config (see configs/experiment/probes.yaml)")
+    _settings_epilog(p, "premem.recipes.probes", "ProbesConfig")
+    p.set_defaults(func=cmd_experiment_probes, overrides=[])
 
     p = verbs.add_parser(
         "quickstart",
