@@ -53,7 +53,10 @@ def pairs(hf):
 def hf_reference(hf, pairs):
     """What vLLM must reproduce, computed before the engine starts."""
     prompts, targets = pairs
-    return {"logprobs": hf.target_logprobs(prompts, targets), "greedy": hf.generate(prompts, GREEDY, SEEDS)}
+    from premem.sampling.probes import teacher_forced_argmax
+
+    return {"logprobs": hf.target_logprobs(prompts, targets), "greedy": hf.generate(prompts, GREEDY, SEEDS),
+            "argmax": teacher_forced_argmax(hf, prompts, targets)}
 
 
 def rel(a: float, b: float) -> float:
@@ -172,6 +175,18 @@ def test_perplexities_agree(vllm, pairs, hf_reference):
 @pytest.mark.slow
 def test_greedy_answers_identical(vllm, pairs, hf_reference):
     assert vllm.generate(pairs[0], GREEDY, SEEDS) == hf_reference["greedy"]
+
+
+@pytest.mark.slow
+def test_teacher_forced_argmax_agrees(vllm, pairs, hf_reference):
+    """The probes' greedy y* (argmax at each gold-prefix position, and the sum of those log-probs):
+    vLLM's prompt_logprobs rank-1 tokens against transformers' logits."""
+    from premem.sampling.probes import teacher_forced_argmax
+
+    got = teacher_forced_argmax(vllm, *pairs)
+    for (tokens, total), (ref_tokens, ref_total), target in zip(got, hf_reference["argmax"], pairs[1]):
+        assert len(tokens) == len(target) and tokens == ref_tokens
+        assert rel(total, ref_total) < 1e-3
 
 
 @pytest.mark.slow
