@@ -2,10 +2,11 @@
 
 What the probes show on runs of every kind, from one command. For each seed:
 
-    pairs        preference rows on new problems: chosen is the correct trace; rejected is
-                 `rejected`="other": the correct trace of another problem (off-policy: written
-                 for another question, so the model finds it unlikely), or "slip": the same trace
-                 with one arithmetic slip carried on to a wrong answer (close to chosen)
+    pairs        preference rows on new problems: chosen is the correct trace; rejected is, by
+                 `rejected`: "sampled", a wrong answer sampled from the base model (off-policy:
+                 another policy's words, "3 plus 4 makes 7.", which SFT makes unlikely; problems
+                 whose samples are all right are skipped); "other", the correct trace of another
+                 problem; or "slip", the same trace with one arithmetic slip carried on
     sft          SFT on [prompt; chosen] from the base model
     extend-sft   SFT on [prompt; chosen] and [prompt; rejected]: the extend recipe's first stage
     dpo-e<k>         DPO on the pairs from sft's checkpoint after k epochs (the reference model)
@@ -42,7 +43,7 @@ from premem.train.sft import TrainConfig
 
 log = logging.getLogger(__name__)
 
-REJECTED_KINDS = ("other", "slip")
+REJECTED_KINDS = ("sampled", "other", "slip")
 
 
 @dataclass
@@ -58,14 +59,14 @@ class ProbesConfig:
     pairs: int = 256
     """Preference rows per seed (new problems, drawn with the seed)."""
     rejected: str = "other"
-    """The rejected response: other (another problem's correct trace; off-policy) or slip (this trace with one
-    arithmetic slip carried on)."""
+    """The rejected response: other (another problem's correct trace), sampled (a wrong answer sampled from the base
+    model) or slip (this trace with one arithmetic slip carried on)."""
     sft: TrainConfig = field(
         default_factory=lambda: TrainConfig(lr=3e-3, epochs=8, batch_size=8, save_every="doubling", max_length=512)
     )
     """SFT, on chosen (sft) and on chosen and rejected (extend-sft); model, data and out are filled in."""
     dpo: TrainConfig = field(
-        default_factory=lambda: TrainConfig(method="dpo", beta=0.1, lr=2e-3, epochs=8, batch_size=16, warmup_ratio=0.1,
+        default_factory=lambda: TrainConfig(method="dpo", beta=0.1, lr=5e-4, epochs=8, batch_size=16, warmup_ratio=0.1,
                                             save_every="doubling", max_length=512)
     )
     """DPO, the same for both arms; model (and so the reference), data and out are filled in."""
@@ -135,7 +136,7 @@ def run_seed(cfg: ProbesConfig, base: Path, test_path: Path, seed: int) -> SeedR
     from premem.train.sft import train
 
     where = Path(cfg.out) / f"seed{seed}"
-    pairs_path, chosen_path, both_path = write_pairs(cfg, seed, where)
+    pairs_path, chosen_path, both_path = write_pairs(cfg, base, seed, where)
     runs = where / "runs"
 
     def fit(c: TrainConfig, name: str, model: Path, data: Path) -> Path:
@@ -156,21 +157,57 @@ def run_seed(cfg: ProbesConfig, base: Path, test_path: Path, seed: int) -> SeedR
         build_probes(ProbeBuildConfig(data=str(pairs_path), out=str(probes), n=cfg.probes, seed=seed,
                                       irrelevant=str(test_path), model=str(sft), rephrase=cfg.rephrase))
     for run, start in starts.items():
-        track(ProbeTrackConfig(run=str(runs / run), probes=str(probes), store=str(where / "store"), base=str(start),
-                               actors=cfg.actors, progress=cfg.progress))
+        track(ProbeTrackConfig(run=str(runs / run), probes=str(probes), data=str(pairs_path), store=str(where / "store"),
+                               base=str(start), actors=cfg.actors, progress=cfg.progress))
     return SeedResult(seed, where / "store", list(starts))
 
 
-def write_pairs(cfg: ProbesConfig, seed: int, where: Path) -> tuple[Path, Path, Path]:
+def write_pairs(cfg: ProbesConfig, base: Path, seed: int, where: Path) -> tuple[Path, Path, Path]:
     """The seed's preference rows, their chosen half as SFT data, and both halves (the extend recipe's SFT data)."""
-    rows = preference_pairs(cfg.benchmark, cfg.pairs, seed=10_000 + seed)  # apart from the benchmark's own draws
+    paths = where / "pairs.jsonl", where / "chosen.jsonl", where / "both.jsonl"
+    if cfg.rejected == "sampled":  # draw extra problems: those the base model always gets right are skipped
+        rows = sampled_wrong(preference_pairs(cfg.benchmark, 2 * cfg.pairs, seed=10_000 + seed), base, seed)
+        if len(rows) < cfg.pairs:
+            raise InputError(f"rejected=sampled: the base model got all but {len(rows)} of {2 * cfg.pairs} problems "
+                             f"right in every sample; {cfg.pairs} pairs need more wrong answers (try rejected=slip)")
+        rows = rows[: cfg.pairs]
+    else:
+        rows = preference_pairs(cfg.benchmark, cfg.pairs, seed=10_000 + seed)  # apart from the benchmark's own draws
     if cfg.rejected == "other":  # the next problem's correct trace: a wrong answer to this one, in no way on-policy
         rows = [dict(r, rejected=rows[(i + 1) % len(rows)]["chosen"]) for i, r in enumerate(rows)]
-    paths = where / "pairs.jsonl", where / "chosen.jsonl", where / "both.jsonl"
     write_jsonl(rows, paths[0], keys=("prompt", "chosen", "rejected"))
     write_jsonl([{"question": r["prompt"], "answer": r["chosen"]} for r in rows], paths[1])
     write_jsonl(sft_both(rows), paths[2])
     return paths
+
+
+def sampled_wrong(rows: list[dict], base: Path, seed: int, samples: int = 8) -> list[dict]:
+    """The rows whose prompt the base model answers wrongly in at least one of `samples` samples (temperature 1,
+    the paper template), with the first wrong answer as rejected (one with a "#### N" final answer, so the extend
+    recipe can train on it); the others are left out."""
+    from premem.data.grading import get_grader
+    from premem.data.templates import PaperTemplate
+    from premem.sampling.backend import BackendOptions, SamplingParams
+    from premem.sampling.checkpoints import find_checkpoints
+    from premem.sampling.hf import HFBackend
+
+    backend = HFBackend(find_checkpoints(base)[-1], BackendOptions(threads=1, batch_size=64))
+    try:
+        template, grader = PaperTemplate(), get_grader("gsm8k")
+        prompts = [backend.tokenizer(r["prompt"] + "\nAnswer:")["input_ids"] for r in rows]
+        params = SamplingParams(samples=samples, temperature=1.0, top_p=1.0, max_new_tokens=96, stop=template.stop)
+        outs = backend.generate(prompts, params, [seed * 100_000 + i for i in range(len(rows))])
+    finally:
+        backend.close()
+    kept = []
+    for r, completions in zip(rows, outs):
+        gold = grader.gold_from_solution(r["chosen"])
+        grades = [(c.text.strip(), grader.grade(c.text, gold)) for c in completions]
+        wrong = [text for text, g in grades if g.strict_answer is not None and not g.strict_correct]  # a final answer, wrong
+        if wrong:
+            kept.append(dict(r, rejected=wrong[0]))
+    log.info("rejected=sampled: %d of %d problems have a wrong sample from the base model", len(kept), len(rows))
+    return kept
 
 
 def checkpoint_at_epoch(run_dir: Path, epoch: int) -> Path:

@@ -12,10 +12,13 @@ import pytest
 
 from premem.cli import main
 from premem.config import load_config
-from premem.recipes.probes import ProbesConfig, experiment, extend_comparison, verdicts
+from premem.data.grading import get_grader
+from premem.recipes.probes import ProbesConfig, experiment, extend_comparison, verdicts, write_pairs
 
-SMALL = ["seeds=[0]", "pairs=16", "probes=4", "benchmark.n_train=32", "benchmark.n_test=12", "model.pretrain_steps=20",
-         "model.pretrain_problems=60", "model.vocab_size=512", "sft.epochs=2", "sft.batch_size=8", "dpo.epochs=2",
+# 150 pretraining steps: enough for the base model to end its (mostly wrong) answers with "#### N", which
+# rejected=sampled needs
+SMALL = ["seeds=[0]", "rejected=sampled", "pairs=16", "probes=4", "benchmark.n_train=32", "benchmark.n_test=12", "model.pretrain_steps=150",
+         "model.pretrain_problems=200", "model.vocab_size=512", "sft.epochs=2", "sft.batch_size=8", "dpo.epochs=2",
          "dpo.batch_size=8", "dpo_from=[1]", "rephrase=false", "actors=1", "progress=false"]
 RUNS = ["sft", "extend-sft", "dpo-e1", "extend-dpo-e1"]
 
@@ -29,8 +32,12 @@ def test_tiny_probe_experiment_end_to_end(tmp_path, capsys):
 
     seed = out / "seed0"
     pairs = pd.read_json(seed / "pairs.jsonl", lines=True)
-    # rejected=other: each rejected response is the next problem's chosen one, never the prompt's own
-    assert len(pairs) == 16 and list(pairs["rejected"]) == list(pairs["chosen"].shift(-1).fillna(pairs["chosen"][0]))
+    # rejected=sampled: the base model's own answers, in its pretraining words, each with a wrong final answer
+    grader = get_grader("gsm8k")
+    assert len(pairs) == 16 and pairs["rejected"].str.contains(" makes ").all()
+    for chosen, rejected in zip(pairs["chosen"], pairs["rejected"]):
+        gold = grader.gold_from_solution(chosen)
+        assert grader.extract_strict(rejected) not in (None, gold)
     assert len(pd.read_json(seed / "both.jsonl", lines=True)) == 32
     for run in RUNS:
         assert (seed / "runs" / run / "premem_run.json").is_file()
@@ -62,7 +69,7 @@ def test_tiny_probe_experiment_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("rejected=worse", "rejected 'worse': expected one of other, slip"),
+    ("rejected=worse", "rejected 'worse': expected one of sampled, other, slip"),
     ("dpo_from=[3]", r"dpo_from \[3\]: expected SFT epochs that are checkpointed \(\[1, 2\]\)"),
     ("dpo.method=sft", "dpo.method 'sft': the DPO runs must use method=dpo"),
     ("pairs=6", "pairs 6: need at least twice the 4 probe prompts"),
@@ -73,3 +80,21 @@ def test_bad_settings_fail_before_anything_is_written(tmp_path, capsys, bad, mes
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
     assert not out.exists() and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["other", "slip"])
+def test_other_and_slip_rejections(tmp_path, kind):
+    cfg = load_config(ProbesConfig, None, [*SMALL, f"rejected={kind}"])
+    pairs_path, chosen_path, both_path = write_pairs(cfg, tmp_path / "no-model-needed", 0, tmp_path)
+    pairs = pd.read_json(pairs_path, lines=True)
+    assert len(pairs) == 16 and (pairs["chosen"] != pairs["rejected"]).all()
+    if kind == "other":  # the next problem's correct trace
+        assert list(pairs["rejected"]) == list(pairs["chosen"].iloc[list(range(1, 16)) + [0]])
+    else:  # the same words, a wrong final answer
+        grader = get_grader("gsm8k")
+        for chosen, rejected in zip(pairs["chosen"], pairs["rejected"]):
+            assert chosen.split()[:3] == rejected.split()[:3]
+            assert grader.extract_strict(rejected) != grader.extract_strict(chosen)
+    both = pd.read_json(both_path, lines=True)
+    assert list(both["answer"][::2]) == list(pairs["chosen"]) and list(both["answer"][1::2]) == list(pairs["rejected"])
+    assert list(pd.read_json(chosen_path, lines=True)["answer"]) == list(pairs["chosen"])
