@@ -121,18 +121,14 @@ def cmd_experiment_curation(args: argparse.Namespace) -> int:
 def cmd_experiment_probes(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from premem.metrics.probes import SHORT as SHORT_TYPES
-    from premem.recipes.probes import ProbesConfig, experiment, extend_comparison, verdicts
+    from premem.recipes.probes import ProbesConfig, experiment, extend_comparison, sft_moves, verdicts
 
     cfg = _job_config(ProbesConfig, args)
     results = experiment(cfg)
     out = Path(cfg.out)
-    moves = pd.read_csv(out / "moves.csv")
-    sft = moves[moves["run"].str.endswith("sft")]
-    sft = sft.groupby(["run", "span", "first_step", "last_step", "type"], sort=False)["mean"].mean().unstack("type")
     print("\nSFT: change of the mean summed log π(y|x) per type, mean over seeds "
-          "(span all: from the base model; trained: from the first epoch's checkpoint on)\n")
-    print(sft.rename(columns=SHORT_TYPES).to_string(float_format=lambda v: f"{v:+.1f}"))
+          "(all: from the base model; trained: from the first epoch's checkpoint on)\n")
+    print(sft_moves(pd.read_csv(out / "moves.csv")).to_string(float_format=lambda v: f"{v:+.1f}"))
     print("\nsqueezing verdicts (change from the run's first checkpoint to its last; mean ± s.e. over prompts)\n")
     print(verdicts(results).to_string(index=False))
     ext = extend_comparison(results, cfg.dpo_from)

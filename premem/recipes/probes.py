@@ -247,6 +247,19 @@ def moves_table(results: list[SeedResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def sft_moves(moves: pd.DataFrame) -> pd.DataFrame:
+    """The SFT runs' moves, mean over seeds: rows types (in table order), columns "<run> <span> (step a → b)"."""
+    from premem.data.probes import ALL_TYPES
+
+    sft = moves[moves["run"].str.endswith("sft")]
+    if sft.empty:
+        return pd.DataFrame()
+    sft = sft.assign(column=[f"{r} {s} (step {a} → {b})" for r, s, a, b in
+                             zip(sft["run"], sft["span"], sft["first_step"], sft["last_step"])])
+    table = sft.pivot_table(index="type", columns="column", values="mean", aggfunc="mean", sort=False)
+    return table.loc[[t for t in ALL_TYPES if t in table.index]].rename_axis(columns=None)
+
+
 def tables_text(results: list[SeedResult]) -> str:
     from premem.metrics.probes import report
 

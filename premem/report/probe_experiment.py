@@ -84,12 +84,12 @@ def extend_html(ext: pd.DataFrame) -> str:
 
 
 def sft_html(moves: pd.DataFrame) -> str:
-    sft = moves[moves["run"].str.endswith("sft")]
-    if sft.empty:
+    from premem.recipes.probes import sft_moves
+
+    table = sft_moves(moves)
+    if table.empty:
         return "<p>No SFT runs.</p>"
-    table = (sft.groupby(["run", "span", "first_step", "last_step", "type"], sort=False)["mean"].mean()
-             .unstack("type").reset_index())
-    return (frame(table, "{:+.1f}") +
-            '<p class="caption">Change of the mean summed log-prob per type, mean over seeds. span all: from the base '
+    return (frame(table.reset_index(), "{:+.1f}") +
+            '<p class="caption">Change of the mean summed log-prob per type, mean over seeds. all: from the base '
             "model (step 0) to the last checkpoint; trained: from the first checkpoint (one epoch) on. The first epoch "
             "also teaches the base model the traces' format, which lifts every response at first.</p>")
