@@ -68,14 +68,16 @@ class Move:
         return f"{self.mean:+.2f}{sem} ({self.up}/{self.n} up)"
 
 
-def per_probe_moves(scores: pd.DataFrame, run: str, value: str = "sum_logprob", first: int | None = None) -> pd.DataFrame:
+def per_probe_moves(scores: pd.DataFrame, run: str, value: str = "sum_logprob",
+                    first: int | None = None) -> pd.DataFrame:
     """Rows: probe ids; columns: types; cells: value at the run's last checkpoint minus at its first
     (or at step `first`)."""
     df = run_rows(scores, run)
     last = df["step"].max()
     first = df["step"].min() if first is None else first
-    if first not in set(df["step"]):
-        raise InputError(f"run {run!r}: no checkpoint at step {first} (steps: {', '.join(map(str, sorted(set(df['step']))))})")
+    steps = sorted(set(df["step"]))
+    if first not in steps:
+        raise InputError(f"run {run!r}: no checkpoint at step {first} (steps: {', '.join(map(str, steps))})")
     wide = df[df["step"].isin([first, last])].pivot_table(index="probe_id", columns=["step", "type"], values=value)
     if first == last:
         return wide[first] * 0.0

@@ -52,7 +52,8 @@ class ProbesConfig:
 
     out: str = "premem-probes"
     """Directory for everything (per-seed data, runs, probe sets and stores; moves.csv, tables.txt, report.html)."""
-    benchmark: ArithConfig = field(default_factory=lambda: ArithConfig(n_train=256, n_test=128, max_number=20, max_operand=6))
+    benchmark: ArithConfig = field(
+        default_factory=lambda: ArithConfig(n_train=256, n_test=128, max_number=20, max_operand=6))
     """The task: the base model is the quickstart's for these settings, its test split gives the irrelevant responses."""
     model: BaseModelConfig = field(default_factory=BaseModelConfig)
     """The tiny base model SFT starts from."""
@@ -203,7 +204,8 @@ def sampled_wrong(rows: list[dict], base: Path, seed: int, samples: int = 8) -> 
     for r, completions in zip(rows, outs):
         gold = grader.gold_from_solution(r["chosen"])
         grades = [(c.text.strip(), grader.grade(c.text, gold)) for c in completions]
-        wrong = [text for text, g in grades if g.strict_answer is not None and not g.strict_correct]  # a final answer, wrong
+        # a final answer, and a wrong one
+        wrong = [text for text, g in grades if g.strict_answer is not None and not g.strict_correct]
         if wrong:
             kept.append(dict(r, rejected=wrong[0]))
     log.info("rejected=sampled: %d of %d problems have a wrong sample from the base model", len(kept), len(rows))

@@ -17,9 +17,9 @@ from premem.recipes.probes import ProbesConfig, experiment, extend_comparison, v
 
 # 150 pretraining steps: enough for the base model to end its (mostly wrong) answers with "#### N", which
 # rejected=sampled needs
-SMALL = ["seeds=[0]", "rejected=sampled", "pairs=16", "probes=4", "benchmark.n_train=32", "benchmark.n_test=12", "model.pretrain_steps=150",
-         "model.pretrain_problems=200", "model.vocab_size=512", "sft.epochs=2", "sft.batch_size=8", "dpo.epochs=2",
-         "dpo.batch_size=8", "dpo_from=[1]", "rephrase=false", "actors=1", "progress=false"]
+SMALL = ["seeds=[0]", "rejected=sampled", "pairs=16", "probes=4", "benchmark.n_train=32", "benchmark.n_test=12",
+         "model.pretrain_steps=150", "model.pretrain_problems=200", "model.vocab_size=512", "sft.epochs=2",
+         "sft.batch_size=8", "dpo.epochs=2", "dpo.batch_size=8", "dpo_from=[1]", "rephrase=false", "actors=1", "progress=false"]
 RUNS = ["sft", "extend-sft", "dpo-e1", "extend-dpo-e1"]
 
 
