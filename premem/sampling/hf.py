@@ -63,10 +63,21 @@ class HFBackend:
 
     @torch.no_grad()
     def target_logprobs(self, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> list[TargetLogprob]:
-        check_scoring_inputs(prompt_ids, target_ids)
         out: list[TargetLogprob | None] = [None] * len(prompt_ids)
+        for i, logp, gold_ids in self.target_log_softmax(prompt_ids, target_ids):
+            gold = logp.gather(-1, gold_ids[:, None]).squeeze(-1)
+            out[i] = TargetLogprob(float(gold.double().sum()), len(target_ids[i]))
+        return out
+
+    @torch.no_grad()
+    def target_log_softmax(self, prompt_ids: list[list[int]], target_ids: list[list[int]]):
+        """Teacher forcing on [prompt; target], batched: yields (i, logp, target) per example i, in no set order,
+        where logp[k] is the float32 log-distribution over the vocabulary that predicts the target's token k
+        and target is its token ids (both on the model's device). target_logprobs and the probes' greedy y*
+        read what they need from it."""
+        check_scoring_inputs(prompt_ids, target_ids)
         seqs = [p + t for p, t in zip(prompt_ids, target_ids)]
-        # sorted by length, so a batch pads little; results go back to input order
+        # sorted by length, so a batch pads little; callers put results back in input order by i
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         for batch in _chunks(order, self.options.batch_size):
             width = max(len(seqs[i]) for i in batch)
@@ -82,10 +93,7 @@ class HFBackend:
                 # logits at position j predict token j+1: the target's tokens are predicted from p-1 .. p+t-2.
                 # float32 log_softmax row by row: a bf16 model's logits are not precise enough to sum,
                 # and a float32 copy of the whole batch's logits would be large for a big vocabulary
-                logp = logits[row, p - 1 : p + t - 1].float().log_softmax(-1)
-                gold = logp.gather(-1, ids[row, p : p + t, None]).squeeze(-1)
-                out[i] = TargetLogprob(float(gold.double().sum()), t)
-        return out
+                yield i, logits[row, p - 1 : p + t - 1].float().log_softmax(-1), ids[row, p : p + t]
 
     # -- sampling ------------------------------------------------------------------------------
 

@@ -127,25 +127,10 @@ def teacher_forced_argmax(backend, prompt_ids: list[list[int]], target_ids: list
 
 
 def _argmax_hf(backend, prompt_ids, target_ids) -> list[tuple[list[int], float]]:
-    import torch
-
     out: list = [None] * len(prompt_ids)
-    seqs = [p + t for p, t in zip(prompt_ids, target_ids)]
-    size = max(1, backend.options.batch_size)
-    with torch.no_grad():
-        for start in range(0, len(seqs), size):
-            batch = list(range(start, min(start + size, len(seqs))))
-            width = max(len(seqs[i]) for i in batch)
-            ids = torch.full((len(batch), width), backend.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):  # right padding, as HFBackend.target_logprobs
-                ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-                mask[row, : len(seqs[i])] = 1
-            logits = backend.model(input_ids=ids.to(backend.device), attention_mask=mask.to(backend.device)).logits
-            for row, i in enumerate(batch):
-                p, t = len(prompt_ids[i]), len(target_ids[i])
-                best = logits[row, p - 1 : p + t - 1].float().log_softmax(-1).max(-1)
-                out[i] = (best.indices.tolist(), float(best.values.sum()))
+    for i, logp, _ in backend.target_log_softmax(prompt_ids, target_ids):
+        best = logp.max(-1)
+        out[i] = (best.indices.tolist(), float(best.values.sum()))
     return out
 
 
