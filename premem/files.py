@@ -4,11 +4,15 @@
 temporary file is renamed over `dest` (atomic on POSIX), and if the block raises it is
 deleted. A reader sees the old file or the new one, never a torn one, and a killed job
 leaves at most a stray `.tmp` file, never a truncated result.
+
+`sha256_file(path)`: a file's sha256, read in blocks (manifests record them so a changed input
+is caught).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -33,3 +37,12 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

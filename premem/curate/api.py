@@ -33,6 +33,7 @@ from premem.curate import export
 from premem.curate.strategies import CurationInput, Selection, Strategy, describe, get_strategy, params_of
 from premem.data import DataConfig, ExampleSet, load_example_set
 from premem.errors import InputError
+from premem.files import sha256_file
 from premem.store import ScoreStore
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def _manifest(cfg: CurateConfig, strategy: Strategy, inp: CurationInput, sel: Se
     for table in tables:
         files = [store.path(table)] if store.path(table).is_file() else []
         files += [store.part_path(table, p) for p in store.parts(table)]
-        store_files.update({str(f.relative_to(store.root)): export.sha256_file(f) for f in files})
+        store_files.update({str(f.relative_to(store.root)): sha256_file(f) for f in files})
     scores = sel.scores
     written = np.repeat(scores["score"].to_numpy(dtype=float), scores["copies"].to_numpy())
     return {

@@ -16,7 +16,6 @@ the inputs or the working directory.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from typing import Iterator
 
 from premem.data import DataConfig, Example, get_template
 from premem.errors import InputError
+from premem.files import sha256_file
 
 MANIFEST = "manifest.json"
 KIND = "premem-curate"
@@ -109,14 +109,6 @@ def write_prompt_completion(examples: list[Example], dest: Path, template: str =
             r = tpl.render(ex)
             f.write(json.dumps({"prompt": r.prompt, "completion": r.target, "example_id": ex.example_id},
                                ensure_ascii=False) + "\n")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_tree(path: str | Path) -> dict[str, str]:

@@ -31,7 +31,6 @@ It is built beside OUT under a temporary name and renamed into place: nothing ha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -42,6 +41,7 @@ from pathlib import Path
 from premem import __version__
 from premem.data.examples import DataConfig, Example, ExampleSet, load_example_set
 from premem.errors import InputError
+from premem.files import sha256_file
 
 PROBES_FILE = "probes.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -152,7 +152,7 @@ class ProbeSet:
     @property
     def fingerprint(self) -> str:
         """sha256 of probes.jsonl's bytes."""
-        return _sha256(self.path / PROBES_FILE)
+        return sha256_file(self.path / PROBES_FILE)
 
 
 # -- building ----------------------------------------------------------------------------------
@@ -310,7 +310,7 @@ def _write(out: Path, rows: list[ProbeRow], manifest: dict) -> ProbeSet:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         (tmp / PROBES_FILE).write_text("".join(r.to_json() + "\n" for r in rows), encoding="utf-8")
-        manifest = {**manifest, "probes_sha256": _sha256(tmp / PROBES_FILE)}
+        manifest = {**manifest, "probes_sha256": sha256_file(tmp / PROBES_FILE)}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         tmp.chmod(0o755)
         old = None
@@ -383,7 +383,7 @@ def load_probes(path: str | Path) -> ProbeSet:
     if not rows:
         raise InputError(f"{file}: no probe rows")
     recorded = manifest.get("probes_sha256")
-    if recorded and recorded != _sha256(file):
+    if recorded and recorded != sha256_file(file):
         raise InputError(f"{file}: changed since it was built (its manifest records another sha256); rebuild it")
     return ProbeSet(folder, rows, manifest)
 
@@ -397,7 +397,3 @@ def check_probes_match(probes: ProbeSet, data: ExampleSet) -> None:
             f"({probes.manifest['data'].get('path')}, fingerprint {str(built)[:12]}…), not {data.path} "
             f"(fingerprint {data.fingerprint[:12]}…)"
         )
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
