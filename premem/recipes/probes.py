@@ -86,11 +86,12 @@ class ProbesConfig:
     """Show progress bars."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SeedResult:
     seed: int
     store: Path
     runs: list[str]  # in the order they were trained: sft, extend-sft, then dpo-e<k>, extend-dpo-e<k> per start
+    scores: pd.DataFrame  # the store's probe_scores, read once when the seed is done
 
 
 def experiment(cfg: ProbesConfig) -> list[SeedResult]:
@@ -160,7 +161,9 @@ def run_seed(cfg: ProbesConfig, base: Path, test_path: Path, seed: int) -> SeedR
     for run, start in starts.items():
         track(ProbeTrackConfig(run=str(runs / run), probes=str(probes), data=str(pairs_path), store=str(where / "store"),
                                base=str(start), actors=cfg.actors, progress=cfg.progress))
-    return SeedResult(seed, where / "store", list(starts))
+    from premem.store import ScoreStore
+
+    return SeedResult(seed, where / "store", list(starts), ScoreStore(where / "store").read("probe_scores"))
 
 
 def write_pairs(cfg: ProbesConfig, base: Path, seed: int, where: Path) -> tuple[Path, Path, Path]:
@@ -224,12 +227,6 @@ def checkpoint_at_epoch(run_dir: Path, epoch: int) -> Path:
     raise InputError(f"{run_dir}: no checkpoint at epoch {epoch} (epochs: {have or 'none'})")
 
 
-def seed_scores(result: SeedResult) -> pd.DataFrame:
-    from premem.store import ScoreStore
-
-    return ScoreStore(result.store).read("probe_scores")
-
-
 def moves_table(results: list[SeedResult]) -> pd.DataFrame:
     """One row per seed, run, type and span: the move's mean, s.e., prompts up and prompts scored.
     span "all" is first to last checkpoint; SFT runs also get "trained", from their first checkpoint after
@@ -238,12 +235,11 @@ def moves_table(results: list[SeedResult]) -> pd.DataFrame:
 
     rows = []
     for r in results:
-        scores = seed_scores(r)
         for run in r.runs:
-            steps = sorted(set(scores.loc[scores["run"] == run, "step"]))
+            steps = sorted(set(r.scores.loc[r.scores["run"] == run, "step"]))
             spans = {"all": None} | ({"trained": steps[1]} if run.endswith("sft") and len(steps) > 2 else {})
             for span, first in spans.items():
-                for t, m in moves(scores, run, first=first).items():
+                for t, m in moves(r.scores, run, first=first).items():
                     rows.append({"seed": r.seed, "run": run, "span": span, "first_step": first or steps[0],
                                  "last_step": steps[-1], "type": t, "mean": m.mean, "sem": m.sem, "up": m.up, "n": m.n})
     return pd.DataFrame(rows)
@@ -265,7 +261,7 @@ def sft_moves(moves: pd.DataFrame) -> pd.DataFrame:
 def tables_text(results: list[SeedResult]) -> str:
     from premem.metrics.probes import report
 
-    return "\n\n".join(f"== seed {r.seed} ==\n\n{report(seed_scores(r), r.runs)}" for r in results) + "\n"
+    return "\n\n".join(f"== seed {r.seed} ==\n\n{report(r.scores, r.runs)}" for r in results) + "\n"
 
 
 def extend_comparison(results: list[SeedResult], dpo_from: list[int]) -> pd.DataFrame:
@@ -275,12 +271,11 @@ def extend_comparison(results: list[SeedResult], dpo_from: list[int]) -> pd.Data
 
     rows = []
     for r in results:
-        scores = seed_scores(r)
         for k in dpo_from:
             plain, ext = f"dpo-e{k}", f"extend-dpo-e{k}"
-            d = compare(scores, ext, plain, "chosen")
-            rows.append({"seed": r.seed, "from_epoch": k, "dpo_chosen": moves(scores, plain)["chosen"].mean,
-                         "extend_chosen": moves(scores, ext)["chosen"].mean, "difference": d.mean, "sem": d.sem,
+            d = compare(r.scores, ext, plain, "chosen")
+            rows.append({"seed": r.seed, "from_epoch": k, "dpo_chosen": moves(r.scores, plain)["chosen"].mean,
+                         "extend_chosen": moves(r.scores, ext)["chosen"].mean, "difference": d.mean, "sem": d.sem,
                          "prompts_less_fall": d.up, "n": d.n})
     return pd.DataFrame(rows)
 
@@ -291,9 +286,8 @@ def verdicts(results: list[SeedResult]) -> pd.DataFrame:
 
     rows = []
     for r in results:
-        scores = seed_scores(r)
         for run in r.runs:
-            v = squeezing(scores, run)
+            v = squeezing(r.scores, run)
             rows.append({"seed": r.seed, "run": run, "squeezing": {True: "yes", False: "no", None: "?"}[v.squeezing],
                          **{t: v.moves[t].describe() if t in v.moves else "-" for t in ("greedy", "chosen", "rejected")}})
     return pd.DataFrame(rows)

@@ -20,7 +20,7 @@ from premem.report.probes import probe_section
 
 
 def build_experiment_report(out_dir: Path, results, moves: pd.DataFrame, cfg) -> Path:
-    from premem.recipes.probes import extend_comparison, seed_scores, verdicts
+    from premem.recipes.probes import extend_comparison, verdicts
 
     out = Path(out_dir) / "report.html"
     ext = extend_comparison(results, cfg.dpo_from)
@@ -34,7 +34,7 @@ def build_experiment_report(out_dir: Path, results, moves: pd.DataFrame, cfg) ->
         section("What SFT moves (mean over seeds)", sft_html(moves)),
     ]
     for r in results:
-        parts.append(section(f"Seed {r.seed}: learning dynamics (probes)", probe_section(seed_scores(r), r.runs)))
+        parts.append(section(f"Seed {r.seed}: learning dynamics (probes)", probe_section(r.scores, r.runs)))
     page = PAGE.format(title=escape(f"premem probes experiment: {Path(out_dir).resolve().name}"), body="\n".join(parts))
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
