@@ -5,6 +5,9 @@ temporary file is renamed over `dest` (atomic on POSIX), and if the block raises
 deleted. A reader sees the old file or the new one, never a torn one, and a killed job
 leaves at most a stray `.tmp` file, never a truncated result.
 
+`staged_dir(out)` does the same for a directory: the block fills a temporary directory beside
+`out`, which then replaces `out` (an earlier one is put back if the rename fails).
+
 `sha256_file(path)`: a file's sha256, read in blocks (manifests record them so a changed input
 is caught).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -31,6 +35,30 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
         os.replace(tmp, dest)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """A temporary directory beside out, renamed to out when the block succeeds (replacing out), else removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a result should get the usual mode
+    old = None
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+            os.rename(out, old / "out")
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if old is not None:
+                os.rename(old / "out", out)  # put the earlier output back
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _umask() -> int:

@@ -33,7 +33,7 @@ from premem.curate import export
 from premem.curate.strategies import CurationInput, Selection, Strategy, describe, get_strategy, params_of
 from premem.data import DataConfig, ExampleSet, load_example_set
 from premem.errors import InputError
-from premem.files import sha256_file
+from premem.files import sha256_file, staged_dir
 from premem.store import ScoreStore
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def _write(cfg: CurateConfig, data: ExampleSet, sel: Selection, manifest: dict, 
     subset, pc = export.subset_name(cfg.data.path), export.prompt_completion_name(cfg.data.path)
     manifest["files"] = {"subset": subset, "subset_format": export.source_kind(cfg.data.path),
                          "prompt_completion": pc, "template": "paper"}
-    with export.staged_dir(out) as tmp:
+    with staged_dir(out) as tmp:
         export.write_subset_like(cfg.data, positions, tmp / subset)
         export.write_prompt_completion([data.examples[p] for p in positions], tmp / pc)
         (tmp / export.MANIFEST).write_text(dumps_manifest(manifest), encoding="utf-8")

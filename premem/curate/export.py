@@ -15,13 +15,8 @@ the inputs or the working directory.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 from premem.data import DataConfig, Example, get_template
 from premem.errors import InputError
@@ -143,29 +138,3 @@ def check_out(out: str | Path, overwrite: bool, inputs: list[str | Path]) -> Pat
             "choose a new directory or pass --overwrite"
         )
     return out
-
-
-@contextlib.contextmanager
-def staged_dir(out: Path) -> Iterator[Path]:
-    """A temporary directory beside out, renamed to out when the block succeeds (replacing out), else removed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; a result should get the usual mode
-    old = None
-    try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-            os.rename(out, old / "out")
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            if old is not None:
-                os.rename(old / "out", out)  # put the earlier output back
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)

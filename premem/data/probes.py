@@ -33,15 +33,13 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from premem import __version__
 from premem.data.examples import DataConfig, Example, ExampleSet, load_example_set
 from premem.errors import InputError
-from premem.files import sha256_file
+from premem.files import sha256_file, staged_dir
 
 PROBES_FILE = "probes.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -306,23 +304,10 @@ def _check_out(out: Path) -> None:
 
 def _write(out: Path, rows: list[ProbeRow], manifest: dict) -> ProbeSet:
     """probes.jsonl and manifest.json in a temporary directory beside out, renamed into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with staged_dir(out) as tmp:
         (tmp / PROBES_FILE).write_text("".join(r.to_json() + "\n" for r in rows), encoding="utf-8")
         manifest = {**manifest, "probes_sha256": sha256_file(tmp / PROBES_FILE)}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        tmp.chmod(0o755)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return ProbeSet(out, rows, manifest)
 
 
