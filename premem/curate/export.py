@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from premem.data import DataConfig, Example, get_template
+from premem.data.io import split_lines
 from premem.errors import InputError
 from premem.files import sha256_file
 
@@ -56,7 +57,7 @@ def write_subset_like(cfg: DataConfig, positions: list[int], dest: Path) -> None
     if kind == "jsonl":
         # a row per non-blank line, as premem.data.io splits it; bytes, so that line ends stay as they were
         text = src.read_bytes().decode("utf-8-sig")
-        lines = [line for line in text.splitlines(keepends=True) if line.strip()]
+        lines = [line for line in split_lines(text, keepends=True) if line.strip()]
         with open(dest, "wb") as f:
             for p in positions:
                 line = lines[p]

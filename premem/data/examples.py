@@ -13,23 +13,32 @@ Formats and their default columns (any of them can be renamed with `fields`):
     prompt_completion  prompt, completion (TRL), optional answer
     messages           messages (a chat; see _question_text for which turns are used), optional answer
     preference         prompt, chosen, rejected (TRL), optional answer
+    canonical          question, solution, optional answer, example_id, rejected (what
+                       `premem data check --out` writes, so premem reads its own output back)
 
 Text columns may be strings or TRL conversational lists of {role, content} messages.
-For the last three formats a missing answer column means the answer is extracted from the
-solution by the grader. `format: auto` picks the first format in AUTO_ORDER whose columns
-are all present (after `fields` renames).
+For prompt_completion, messages and preference a missing answer column means the answer is
+extracted from the solution by the grader. `format: auto` picks the first format in
+AUTO_ORDER whose columns are all present (after `fields` renames).
+
+Rows that already carry the paper template (prompt ending "\\nAnswer:", response " ...\\nDone.",
+as premem curate's `*.prompt_completion.jsonl` files do) are read without it, so that training
+and scoring render them exactly once, byte for byte as they were; `rendered` says how to read
+them (see DataConfig), and ExampleSet.rendered says what was done.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from premem.data.grading import get_grader
+from premem.data.grading import get_grader, last_boxed
 from premem.data.io import Table, read_table
+from premem.data.templates import PaperTemplate
 from premem.errors import InputError
 
 
@@ -63,6 +72,8 @@ class DataConfig:
     """Split to read from a DatasetDict directory."""
     limit: int | None = None
     """Keep only the first N examples (for quick runs)."""
+    rendered: str = "auto"
+    """Rows that already carry the paper template: auto (read without it when every row carries it; a mix is an error), paper (every row must), none (use the text as it is: the template is applied on top)."""
 
 
 CANONICAL_FIELDS = ("id", "question", "solution", "answer", "rejected")
@@ -75,13 +86,19 @@ FORMAT_COLUMNS: dict[str, dict[str, str]] = {
     "prompt_completion": {"question": "prompt", "solution": "completion", "answer": "answer"},
     "messages": {"question": "messages", "solution": "messages", "answer": "answer"},
     "preference": {"question": "prompt", "solution": "chosen", "rejected": "rejected", "answer": "answer"},
+    # premem's own canonical rows carry their ids and (preference data) rejected responses
+    "canonical": {"question": "question", "solution": "solution", "answer": "answer", "id": "example_id",
+                  "rejected": "rejected"},
 }
 FORMATS = tuple(FORMAT_COLUMNS)
 
 # Most specific first: preference data also has a prompt (so it must beat prompt_completion),
-# and messages comes last because a lone chat column is the weakest signal (datasets that
-# carry a chat copy next to question/answer columns are read by those columns).
-AUTO_ORDER = ("preference", "prompt_completion", "math", "gsm8k", "messages")
+# canonical rows have question and answer columns too (so canonical must beat gsm8k), and
+# messages comes last because a lone chat column is the weakest signal (datasets that carry a
+# chat copy next to question/answer columns are read by those columns).
+AUTO_ORDER = ("preference", "prompt_completion", "math", "canonical", "gsm8k", "messages")
+
+RENDERED = ("auto", "paper", "none")
 
 # In these formats the solution is free-form model text, so the answer may be found by the
 # grader's lenient extraction; gsm8k and math solutions must carry the answer in canonical form.
@@ -107,6 +124,8 @@ class ExampleSet:
     format: str
     grader: str
     examples: list[Example]
+    rendered: str = "none"
+    """"paper": the rows carried the paper template and were read without it; "none": raw text."""
 
     @property
     def fingerprint(self) -> str:
@@ -138,13 +157,16 @@ def load_example_set(cfg: DataConfig) -> ExampleSet:
                 f"expected the columns of one of: {expected}; set format and fields to say how to read it"
             )
     columns = _resolve_columns(fmt, cfg.fields, table)
-    grader_name = cfg.grader if cfg.grader != "auto" else ("math" if fmt == "math" else "gsm8k")
-    grader = _get_grader(grader_name)
     rows = table.rows if cfg.limit is None else table.rows[: cfg.limit]
+    grader_name = cfg.grader if cfg.grader != "auto" else _auto_grader(fmt, rows, columns["solution"])
+    grader = _get_grader(grader_name)
     reader = _RowReader(fmt, columns, grader, grader_name, table)
     examples = [reader.example(row, i) for i, row in enumerate(rows)]
+    rendered = _rendered(examples, cfg.rendered, columns, table)
+    if rendered == "paper":
+        examples = [_without_paper_template(ex, table.where(i), columns) for i, ex in enumerate(examples)]
     _check_unique_ids(examples, table, columns.get("id"))
-    return ExampleSet(table.path, fmt, grader_name, examples)
+    return ExampleSet(table.path, fmt, grader_name, examples, rendered)
 
 
 def dataset_fingerprint(examples: list[Example]) -> str:
@@ -181,6 +203,8 @@ def _check_config(cfg: DataConfig) -> None:
             raise InputError(f"data.fields.{key}: expected a column name, got {column!r}")
     if cfg.limit is not None and (isinstance(cfg.limit, bool) or not isinstance(cfg.limit, int) or cfg.limit < 1):
         raise InputError(f"data.limit: expected a positive integer, got {cfg.limit!r}")
+    if cfg.rendered not in RENDERED:
+        raise InputError(f"data.rendered: expected one of {', '.join(RENDERED)}, got {cfg.rendered!r}")
 
 
 def _resolve_columns(fmt: str, fields: dict[str, str], table: Table) -> dict[str, str]:
@@ -193,9 +217,19 @@ def _resolve_columns(fmt: str, fields: dict[str, str], table: Table) -> dict[str
                 f"{table.path}: format {fmt} needs column {columns[key]!r} for the {key} (columns: {present}); "
                 f"rename with fields.{key}=<column>"
             )
-    if "answer" in columns and columns["answer"] not in table.columns:
-        del columns["answer"]  # an optional default column that this dataset does not have
+    for key in [k for k in columns if k not in _required(fmt)]:
+        if columns[key] not in table.columns:
+            del columns[key]  # an optional default column that this dataset does not have
     return columns
+
+
+def _auto_grader(fmt: str, rows: list[dict], solution_column: str) -> str:
+    """math for MATH rows, else gsm8k; canonical rows say which by the mark their solutions carry."""
+    if fmt == "canonical":
+        solutions = [str(row.get(solution_column) or "") for row in rows]
+        if all(last_boxed(s) for s in solutions) and not any("####" in s for s in solutions):
+            return "math"
+    return "math" if fmt == "math" else "gsm8k"
 
 
 def _get_grader(name: str) -> Any:
@@ -226,7 +260,8 @@ class _RowReader:
         question = _question_text(question_value, same_column, columns["question"], where)
         solution = _response_text(_text_value(row, columns["solution"], where), columns["solution"], where)
         rejected = None
-        if "rejected" in columns:
+        # canonical rows hold a null rejected response unless they are preference data
+        if "rejected" in columns and not (self.fmt == "canonical" and row.get(columns["rejected"]) is None):
             rejected = _response_text(_text_value(row, columns["rejected"], where), columns["rejected"], where)
             if rejected.strip() == solution.strip():
                 raise InputError(
@@ -305,6 +340,66 @@ def _last_turn(messages: list[dict], role: str, column: str, where: str) -> str:
                 raise InputError(f"{where}: field '{column}' has an empty {role} message")
             return m["content"]
     raise InputError(f"{where}: field '{column}' has no {role} message")
+
+
+# --- rows that already carry the paper template ---------------------------------------------
+
+
+def _rendered(examples: list[Example], setting: str, columns: dict[str, str], table: Table) -> str:
+    """"paper" when the rows are to be read without the paper template they carry, else "none".
+
+    Every row is looked at: a file whose rows disagree would have the template applied twice
+    to some rows, or not at all to others, so it is an error naming the first row that differs.
+    """
+    if setting == "none":
+        return "none"
+    kinds = [_template_kind(ex) for ex in examples]
+    if setting == "paper":
+        for i, kind in enumerate(kinds):
+            if kind != "paper":
+                raise InputError(f"{table.where(i)}: data.rendered=paper, but {_describe(kind, columns)}")
+        return "paper"
+    first = kinds[0]
+    for i, kind in enumerate(kinds):
+        if kind == "partial" or kind != first:
+            row_0 = "" if i == 0 else ", while row 0 " + ("carries it" if first == "paper" else "does not")
+            raise InputError(
+                f"{table.where(i)}: {_describe(kind, columns)}{row_0}; the template would be applied twice to "
+                "part of the data; fix the rows, or set data.rendered=none to use every row as it is"
+            )
+    return first
+
+
+def _template_kind(ex: Example) -> str:
+    """paper (prompt and every response carry the paper template), none (none does) or partial."""
+    responses = [ex.solution] + ([] if ex.rejected is None else [ex.rejected])
+    marks = [PaperTemplate.prompt_carries(ex.question)] + [PaperTemplate.response_carries(r) for r in responses]
+    return "paper" if all(marks) else "none" if not any(marks) else "partial"
+
+
+def _describe(kind: str, columns: dict[str, str]) -> str:
+    prompt = f"field '{columns['question']}' ends with {PaperTemplate.PROMPT_END!r}"
+    start, end = PaperTemplate.RESPONSE_START, PaperTemplate.RESPONSE_END
+    response = f"field '{columns['solution']}' is {start!r} + text + {end!r}"
+    if "rejected" in columns:
+        response += f", and so is field '{columns['rejected']}'"
+    if kind == "paper":
+        return f"carries the paper template ({prompt} and {response})"
+    if kind == "none":
+        return "does not carry the paper template"
+    return f"carries the paper template only in part (it takes both: {prompt}; {response})"
+
+
+def _without_paper_template(ex: Example, where: str, columns: dict[str, str]) -> Example:
+    """The example as it was before PaperTemplate.render. The answer stays: graders read only up
+    to "\\nDone." (cut_at_done), so it is the same with the template or without."""
+    question = PaperTemplate.strip_prompt(ex.question)
+    solution = PaperTemplate.strip_response(ex.solution)
+    rejected = None if ex.rejected is None else PaperTemplate.strip_response(ex.rejected)
+    for column, text in [(columns["question"], question), (columns["solution"], solution)]:
+        if not text.strip():
+            raise InputError(f"{where}: field '{column}' is empty once the paper template is taken off")
+    return dataclasses.replace(ex, question=question, solution=solution, rejected=rejected)
 
 
 def _int_id(value: Any, where: str, column: str) -> int:

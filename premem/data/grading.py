@@ -201,8 +201,14 @@ class GSM8KGrader(_GraderBase):
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 # Math spans: $$...$$, $...$, \(...\), \[...\]; an escaped dollar (\$5) is money, not math.
+# A \( or \[ span may not hold another of its own opener: otherwise every unclosed opener
+# would scan to the end of the text, which is quadratic (a 120 KB sample of "\(" took ~50 s).
+# With it each scan stops at the next opener, so the search is linear. (Dollars need no such
+# rule: every unescaped $ closes the span before it, so only the last one can scan to the end.)
 _MATH_SPAN = re.compile(
-    r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL
+    r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$"
+    r"|\\\(((?:(?!\\\().)+?)\\\)|\\\[((?:(?!\\\[).)+?)\\\]",
+    re.DOTALL,
 )
 
 

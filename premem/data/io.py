@@ -13,6 +13,7 @@ can fix raises InputError naming the file (and line, for JSONL).
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,10 +79,7 @@ def _read_json(p: Path, name: str) -> Table:
         raise InputError(f"{name}: not UTF-8 text (byte {e.start})") from None
     if p.suffix.lower() == ".json" and text.lstrip().startswith("["):
         # A .json file is often one array of objects rather than JSON Lines; accept both.
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{name} line {e.lineno}: not valid JSON ({e.msg})") from None
+        rows = parse_json(text, name)
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise InputError(f"{name} item {i}: expected a JSON object, got {_json_type(row)}")
@@ -89,18 +87,43 @@ def _read_json(p: Path, name: str) -> Table:
 
     # JSON Lines is parsed by hand (not pandas) so that a bad line is reported by number.
     rows, line_numbers = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             continue  # blank lines (often a trailing one) are not rows
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{name} line {number}: not valid JSON ({e.msg})") from None
+        row = parse_json(line, f"{name} line {number}")
         if not isinstance(row, dict):
             raise InputError(f"{name} line {number}: expected a JSON object, got {_json_type(row)}")
         rows.append(row)
         line_numbers.append(number)
     return Table(name, rows, _columns_of(rows), line_numbers)
+
+
+def split_lines(text: str, keepends: bool = False) -> list[str]:
+    """The lines of JSON Lines text: split on "\\n" only, a "\\r" before it dropped unless keepends.
+
+    Not str.splitlines: it also splits at U+2028, U+2029 and U+0085, which JSON strings may
+    hold unescaped (json.dumps(ensure_ascii=False) writes them so), cutting one row in two; and
+    at \\x0b, \\x0c, \\x1c-\\x1e, which JSON never holds raw (a line with one is then reported
+    as invalid JSON, not as two broken halves). A final newline ends the last line.
+    """
+    lines = text.split("\n")
+    last = lines.pop()  # "" after a final newline
+    if keepends:
+        return [line + "\n" for line in lines] + ([last] if last else [])
+    return [line.removesuffix("\r") for line in [*lines, *([last] if last else [])]]
+
+
+def parse_json(text: str, where: str) -> Any:
+    """json.loads, with every failure one InputError starting with `where` (file and line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        line = f" line {e.lineno}" if "\n" in text.strip() else ""  # a line of JSONL is its own place
+        raise InputError(f"{where}{line}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        # the parser recurses once per level of [ or {: a deeply nested value would be a traceback
+        limit = sys.getrecursionlimit()
+        raise InputError(f"{where}: JSON nested too deeply (over about {limit} levels of [ and {{)") from None
 
 
 def _read_parquet(p: Path, name: str) -> Table:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from premem import __version__
 from premem.data.examples import DataConfig, Example, ExampleSet, load_example_set
+from premem.data.io import parse_json, split_lines
 from premem.errors import InputError
 from premem.files import sha256_file, staged_dir
 
@@ -328,19 +329,16 @@ def load_probes(path: str | Path) -> ProbeSet:
         raise InputError(f"{manifest_file}: the probe set has no manifest (make it with premem probe build)")
     try:
         manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise InputError(f"{manifest_file}: not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("data"), dict):
         raise InputError(f"{manifest_file}: not a probe manifest (no data section)")
     rows, seen, prompts = [], set(), {}
-    for i, line in enumerate(file.read_text(encoding="utf-8").splitlines()):
+    for i, line in enumerate(split_lines(file.read_text(encoding="utf-8"))):
         where = f"{file} row {i} (line {i + 1})"
         if not line.strip():
             raise InputError(f"{where}: empty line")
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}: not valid JSON ({e.msg})") from None
+        obj = parse_json(line, where)
         if not isinstance(obj, dict):
             raise InputError(f"{where}: expected a JSON object")
         for name, kind in FIELDS.items():

@@ -13,10 +13,12 @@ Two templates, chosen by name with `get_template`:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
 
-from premem.data.examples import Example
 from premem.errors import InputError
+
+if TYPE_CHECKING:  # examples.py reads rows that carry the paper template with PaperTemplate's help
+    from premem.data.examples import Example
 
 
 @dataclass(frozen=True)
@@ -40,18 +42,41 @@ class Template(Protocol):
 class PaperTemplate:
     """question + "\\nAnswer:" -> " " + solution + "\\nDone."; generation stops at "\\nDone."."""
 
-    stop: list[str] = field(default_factory=lambda: ["\nDone."])
+    PROMPT_END: ClassVar[str] = "\nAnswer:"
+    RESPONSE_START: ClassVar[str] = " "
+    RESPONSE_END: ClassVar[str] = "\nDone."
+
+    stop: list[str] = field(default_factory=lambda: [PaperTemplate.RESPONSE_END])
 
     def render(self, example: Example) -> RenderedExample:
         return RenderedExample(
-            prompt=example.question + "\nAnswer:",
+            prompt=example.question + self.PROMPT_END,
             target=self._end(example.solution),
             rejected=None if example.rejected is None else self._end(example.rejected),
         )
 
-    @staticmethod
-    def _end(response: str) -> str:
-        return " " + response + "\nDone."
+    @classmethod
+    def _end(cls, response: str) -> str:
+        return cls.RESPONSE_START + response + cls.RESPONSE_END
+
+    # The inverse, for text that already went through render (premem curate's prompt/completion
+    # files): reading it without the template lets any template render it exactly once.
+    @classmethod
+    def prompt_carries(cls, prompt: str) -> bool:
+        return prompt.endswith(cls.PROMPT_END)
+
+    @classmethod
+    def response_carries(cls, response: str) -> bool:
+        start, end = cls.RESPONSE_START, cls.RESPONSE_END
+        return len(response) >= len(start) + len(end) and response.startswith(start) and response.endswith(end)
+
+    @classmethod
+    def strip_prompt(cls, prompt: str) -> str:
+        return prompt.removesuffix(cls.PROMPT_END)
+
+    @classmethod
+    def strip_response(cls, response: str) -> str:
+        return response[len(cls.RESPONSE_START): len(response) - len(cls.RESPONSE_END)]
 
 
 class ChatTemplate:

@@ -200,6 +200,9 @@ def test_last_boxed(text, boxed):
         ("so we get $x=2$ and then $y = 7$", None, "y = 7"),
         ("It costs \\$5 and then $x$", None, "x"),  # \$ is money, not a math span
         ("So $\\boxed{9}$.\nDone.\nProblem: what is $2+2$? \\boxed{4}", "9", "9"),
+        ("we find \\(x = 3\\)", None, "x = 3"),
+        ("\\(a\\) so \\[ y^2 \\]", None, "y^2"),
+        ("a stray \\( then \\(w\\)", None, "w"),  # a closer belongs to the nearest opener before it
         ("nothing to read", None, None),
     ],
 )
@@ -207,6 +210,21 @@ def test_math_extraction(text, strict, flexible):
     grader = MathGrader()
     assert grader.extract_strict(text) == strict
     assert grader.extract_flexible(text) == flexible
+
+
+@pytest.mark.parametrize(
+    "tail",
+    ["\\(", "\\[", "\\( a \\[ b $", "$$x$", "$\\", "\\$$"],
+    ids=["paren", "bracket", "mixed", "dollars", "escapes", "escaped-dollars"],
+)
+def test_math_span_fallback_is_linear_in_the_text(tail):
+    """1 MB of openers that never close: the fallback span search used to rescan to the end from
+    each one (120 KB took ~50 s, 1 MB about an hour); it must stay well under a second or two."""
+    text = "We use \\(x\\) and then " + tail * (1_000_000 // len(tail))
+    started = time.perf_counter()
+    answer = MathGrader().extract_flexible(text)
+    assert time.perf_counter() - started < 3.0
+    assert answer is not None
 
 
 def test_normalize_latex_only_rewrites_what_keeps_meaning():

@@ -152,3 +152,72 @@ def test_jsonl_that_is_not_utf8(tmp_path):
     path.write_bytes(b'{"a": 1}\n\xff\xfe\x00')
     with pytest.raises(InputError, match=r"bin.jsonl: not UTF-8 text \(byte 9\)"):
         read_rows(path)
+
+
+# -- JSON Lines: lines end at "\n" only; nesting too deep is one line -------------------------
+
+# Every character str.splitlines() breaks at besides "\n" and "\r". The first three may stand raw
+# in a JSON string (json.dumps(ensure_ascii=False) writes them so); the rest are escaped by it.
+SEPARATORS = "\u2028\u2029\u0085\x0b\x0c\x1c\x1d\x1e"
+
+
+def test_jsonl_strings_may_hold_every_line_separator_but_newline(tmp_path):
+    rows = [{"question": f"Before{c}after?", "answer": f"1{c}2\n#### 2"} for c in SEPARATORS]
+    path = tmp_path / "train.jsonl"
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    assert "\u2028" in text and "\x85" in text  # raw in the file, as premem's own --out files have them
+    path.write_text(text, encoding="utf-8")
+    table = read_table(path)
+    assert table.rows == rows and table.line_numbers == list(range(1, len(rows) + 1))
+    path.write_bytes(text.replace("\n", "\r\n").encode("utf-8"))  # CRLF line ends read the same
+    assert read_rows(path) == rows
+
+
+def test_a_raw_control_character_is_invalid_json_on_its_own_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n" + '{"question": "a\x0cb", "answer": "#### 1"}\n')
+    with pytest.raises(InputError, match=r"train.jsonl line 2: not valid JSON \(Invalid control character"):
+        read_rows(path)
+
+
+def test_deeply_nested_json_is_one_line_naming_file_and_line(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    lines = tmp_path / "train.jsonl"
+    lines.write_text(json.dumps(ROWS[0]) + "\n" + '{"question": "q", "answer": "#### 1", "x": ' + deep + "}\n")
+    with pytest.raises(InputError, match=r"^\S*train.jsonl line 2: JSON nested too deeply") as error:
+        read_rows(lines)
+    assert "\n" not in str(error.value)
+    array = tmp_path / "train.json"
+    array.write_text("[" + json.dumps(ROWS[0]) + ", " + deep + "]")
+    with pytest.raises(InputError, match=r"train.json: JSON nested too deeply"):
+        read_rows(array)
+
+
+def test_premem_reads_its_own_data_check_output_back(tmp_path, capsys):
+    from premem.cli import main
+
+    rows = [{"question": f"Q{c}?", "answer": f"A{c}\n#### {i}"} for i, c in enumerate(SEPARATORS)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "canonical.jsonl"
+    assert main(["data", "check", "--data", str(data), "--out", str(out), "--json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    assert "\u2028" in out.read_text(encoding="utf-8")  # written raw (ensure_ascii=False)
+    assert main(["data", "check", "--data", str(out), "--json"]) == 0
+    after = json.loads(capsys.readouterr().out)
+    assert after["format"] == "canonical" and after["n_examples"] == len(rows)
+    assert after["fingerprint"] == before["fingerprint"]  # the same examples, ids included
+
+
+def test_curate_export_splits_jsonl_rows_as_they_are_read(tmp_path):
+    """The curated subset is the selected rows' own lines: a U+2028 inside row 0 must not shift them."""
+    from premem.curate.export import write_subset_like
+    from premem.data import DataConfig
+
+    rows = [{"question": f"Q{i}\u2028\u0085?", "answer": f"#### {i}"} for i in range(3)]
+    lines = [json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\r\n" for r in rows]
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(b"".join(lines))
+    dest = tmp_path / "subset.jsonl"
+    write_subset_like(DataConfig(path=str(data)), [2, 0], dest)
+    assert dest.read_bytes() == lines[2] + lines[0]

@@ -146,3 +146,23 @@ def test_a_probe_file_changed_after_it_was_built_is_refused(pairs_file, tmp_path
     (folder / MANIFEST_FILE).unlink()
     with pytest.raises(InputError, match="the probe set has no manifest"):
         load_probes(folder)
+
+
+def test_probe_files_hold_any_line_separator_inside_their_strings(pairs_file, tmp_path):
+    """probes.jsonl is written with ensure_ascii=False: a U+2028 or U+0085 in a prompt must read back."""
+    rows = [json.loads(line) for line in pairs_file.read_text().split("\n") if line]
+    for row in rows:
+        row["prompt"] = row["prompt"].replace(" ", "\u2028", 1) + "\u0085"
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    built = build(data, tmp_path / "probes")
+    assert "\u2028" in (tmp_path / "probes" / PROBES_FILE).read_text(encoding="utf-8")
+    assert load_probes(tmp_path / "probes").rows == built.rows
+
+
+def test_a_too_deeply_nested_probe_row_is_one_line(pairs_file, tmp_path):
+    build(pairs_file, tmp_path / "probes")
+    with open(tmp_path / "probes" / PROBES_FILE, "a") as f:
+        f.write('{"probe_id": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(InputError, match=r"probes.jsonl row \d+ \(line \d+\): JSON nested too deeply"):
+        load_probes(tmp_path / "probes")
