@@ -14,6 +14,23 @@ SHARED = Path(os.environ.get("PREMEM_SHARED_DATA", Path(__file__).resolve().pare
 PAPER_STORE = SHARED / "paper_runs" / "gsm8k"
 
 
+SHARED_MISSING = (f"needs the shared data ({SHARED} is missing): set PREMEM_SHARED_DATA to the directory holding "
+                  "gsm8k/, math500/ and paper_runs/ (see the README)")
+# for a module whose every test reads the shared data
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=SHARED_MISSING)
+
+
+def shared(*parts: str) -> Path:
+    """A path in the shared data, or a skip that says where the data should be and how to point at it.
+
+    Only the tests that read GSM8K, MATH-500 or the paper's runs call this; every other test runs
+    without the shared data. In CI and in the project's sessions the data is always there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(SHARED_MISSING.replace(str(SHARED), str(path)))
+    return path
+
+
 def synthetic_tables(n_runs: int = 4, n_steps: int = 3, n_examples: int = 20, seed: int = 0):
     """A store whose runs differ in skill; test accuracy tracks pre-memorization accuracy."""
     rng = np.random.default_rng(seed)

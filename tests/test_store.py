@@ -5,11 +5,11 @@ import pytest
 
 from premem.errors import InputError
 from premem.store import ScoreStore
-from tests.conftest import PAPER_STORE, synthetic_tables
+from tests.conftest import shared, synthetic_tables
 
 
 def test_paper_store_reads_and_validates():
-    store = ScoreStore(PAPER_STORE)
+    store = ScoreStore(shared("paper_runs", "gsm8k"))
     assert len(store.read("runs")) == 13
     assert len(store.read("train_scores")) == 381123
     assert len(store.read("test_scores")) == 67269

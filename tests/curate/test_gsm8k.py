@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from premem.cli import main
-from tests.conftest import PAPER_STORE, SHARED
+from tests.conftest import PAPER_STORE, SHARED, needs_shared
+
+pytestmark = needs_shared
 
 GSM8K_TRAIN = SHARED / "gsm8k" / "train.jsonl"
 RUN = "gsm8k_orig_6epochs_full_lr2e-05_bs128"

@@ -20,7 +20,7 @@ from premem.metrics.predict import predict
 from premem.metrics.premem import TrainingCurves
 from premem.report import build_report
 from premem.store import ScoreStore
-from tests.conftest import PAPER_STORE, synthetic_tables
+from tests.conftest import shared, synthetic_tables
 
 CHROMIUM = os.environ.get("PREMEM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -105,7 +105,7 @@ def make_store(root: Path, n_runs=4, n_steps=3, test=True) -> Path:
 def paper_report(tmp_path_factory):
     # tau fixed at the paper's value: DESIGN.md §1's reference figures hold there, and auto (the
     # default, covered on a small store below) would add seconds of tau search to this test.
-    return build_report(PAPER_STORE, tmp_path_factory.mktemp("report") / "paper.html", tau=-2.3)
+    return build_report(shared("paper_runs", "gsm8k"), tmp_path_factory.mktemp("report") / "paper.html", tau=-2.3)
 
 
 @pytest.mark.slow

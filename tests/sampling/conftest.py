@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED
+from tests.conftest import shared
 
 N_TEXTS = 1000  # GSM8K training examples the tokenizer and the model learn from
 TRAIN_STEPS = 300  # enough for a peaked next-token distribution: greedy choices are not near-ties
@@ -26,7 +26,7 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     """A model directory (config, safetensors, tokenizer) that transformers and vLLM both load."""
     from premem.train.tiny import build_tiny_model, pretrain_briefly
 
-    lines = (SHARED / "gsm8k" / "train.jsonl").read_text().splitlines()[:N_TEXTS]
+    lines = shared("gsm8k", "train.jsonl").read_text().splitlines()[:N_TEXTS]
     rows = [json.loads(line) for line in lines]
     texts = [paper_prompt(r["question"]) + paper_target(r["answer"]) for r in rows]
     path = build_tiny_model(texts, tmp_path_factory.mktemp("tiny") / "llama", seed=0)
