@@ -31,9 +31,9 @@ from premem.data.grading import (
     normalize_number,
 )
 from premem.errors import InputError
+from tests.conftest import shared
 
 REPO = Path(__file__).parents[2]
-DATA = REPO.parent / "shared" / "data"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -446,14 +446,14 @@ def test_grade_gold_against_solutions_lists_disagreements():
 
 @pytest.mark.parametrize("split, n_rows", [("train", 7473), ("test", 1319)])
 def test_gsm8k_gold_solutions_all_grade_correct(split, n_rows):
-    rows = read_jsonl(DATA / "gsm8k" / f"{split}.jsonl")
+    rows = read_jsonl(shared("gsm8k", f"{split}.jsonl"))
     n_agree, n_total, misses = grade_gold_against_solutions(rows, GSM8KGrader(), None, "answer")
     assert n_total == n_rows
     assert misses == [] and n_agree == n_total
 
 
 def test_math500_answer_field_matches_last_box(math_grader):
-    rows = read_jsonl(DATA / "math500" / "test.jsonl")
+    rows = read_jsonl(shared("math500", "test.jsonl"))
     n_agree, n_total, misses = grade_gold_against_solutions(rows, math_grader, "answer", "solution")
     print(f"MATH-500: answer field == last box of solution on {n_agree}/{n_total}")
     for m in misses:
@@ -466,7 +466,7 @@ def test_math500_answer_field_matches_last_box(math_grader):
 def test_math500_different_answers_are_not_equivalent(math_grader):
     # A check of false positives on real answers: each problem's answer against the next
     # problem's. Every pair here goes through math-verify unless the strings are the same.
-    rows = read_jsonl(DATA / "math500" / "test.jsonl")
+    rows = read_jsonl(shared("math500", "test.jsonl"))
     answers = [row["answer"] for row in rows]
     pairs = list(zip(answers, answers[1:] + answers[:1]))
     same = [math_grader.equivalent(*pair) for pair in pairs]  # ~10 ms a pair, on a warm helper

@@ -16,7 +16,7 @@ import pytest
 from premem.errors import InputError
 from premem.sampling.backend import BackendOptions, Completion, SamplingParams
 from premem.sampling.hf import HFBackend, cut_at_stop
-from tests.conftest import SHARED
+from tests.conftest import shared
 from tests.sampling.conftest import paper_prompt, paper_target
 
 N = 16  # GSM8K test questions
@@ -40,7 +40,7 @@ def hf(tiny_llama):
 @pytest.fixture(scope="module")
 def pairs(hf):
     """Token ids of N GSM8K prompts (with BOS) and gold targets (without), the paper's template."""
-    lines = (SHARED / "gsm8k" / "test.jsonl").read_text().splitlines()[:N]
+    lines = shared("gsm8k", "test.jsonl").read_text().splitlines()[:N]
     rows = [json.loads(line) for line in lines]
     tok = hf.tokenizer
     prompts = [tok(paper_prompt(r["question"]))["input_ids"] for r in rows]
@@ -140,7 +140,7 @@ def test_hf_bad_inputs_are_input_errors(hf, pairs):
 def test_tiny_model_is_deterministic(tmp_path):
     from premem.train.tiny import build_tiny_model
 
-    lines = (SHARED / "gsm8k" / "train.jsonl").read_text().splitlines()[:100]
+    lines = shared("gsm8k", "train.jsonl").read_text().splitlines()[:100]
     texts = [json.loads(line)["question"] for line in lines]
     a, b, c = (build_tiny_model(texts, tmp_path / name, vocab_size=400, seed=s) for name, s in [("a", 0), ("b", 0), ("c", 1)])
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
