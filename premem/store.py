@@ -58,6 +58,8 @@ class ScoreStore:
 
     def __init__(self, root: str | Path, create: bool = False):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"{self.root}: not a directory (a score store is one)")
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
         elif not self.root.is_dir():

@@ -94,3 +94,109 @@ def test_verbs_help_ends_with_the_settings(capsys):
         main(["curate", "loop", "--help"])
     out = capsys.readouterr().out
     assert "usage: premem curate loop" in out and "settings (KEY=VALUE" in out and "template_fraction (0.25)" in out
+
+
+# -- values read by their field's type (issue 12: flags and overrides parsed as YAML) -----------
+
+
+@dataclass
+class Data:
+    path: str = ""
+    """a path"""
+    fields: dict[str, str] = field(default_factory=dict)
+    """a mapping of names"""
+
+
+@dataclass
+class Job:
+    out: str = "default-out"
+    """text"""
+    run_name: str | None = None
+    """optional text"""
+    sizes: list[int] = field(default_factory=list)
+    """a list"""
+    params: dict = field(default_factory=dict)
+    """a mapping of anything"""
+    data: Data = field(default_factory=Data)
+    """a section with a path"""
+    inner: Inner = field(default_factory=Inner)
+    """a section without one"""
+    epochs: int = 1
+    """an int"""
+    tau: float | str = -2.3
+    """a number or a word"""
+
+
+@pytest.mark.parametrize("override, value", [
+    ("out=exp #2", "exp #2"),            # YAML would cut a comment
+    ("out=0123", "0123"),                # YAML 1.1 would read octal 83
+    ("out=yes", "yes"),                  # ... a bool
+    ("out=2024", "2024"),                # ... an int
+    ("out=a: b", "a: b"),                # ... a mapping
+    ("out='quoted #1'", "quoted #1"),    # a quoted value is unquoted
+    ('out="x: y"', "x: y"),
+    ("out=", ""),
+    ("run_name=0123", "0123"),
+    ("data.fields.question=0123", "0123"),
+])
+def test_text_fields_keep_the_text_as_written(override, value):
+    cfg = load_config(Job, None, [override])
+    key = override.partition("=")[0]
+    got = cfg.data.fields["question"] if key.startswith("data.") else getattr(cfg, key)
+    assert got == value and type(got) is str
+
+
+def test_text_fields_in_a_config_file_keep_the_text_as_written(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("out: exp #2\nrun_name: 0123\ndata:\n  path: yes\n  fields: {question: 1e3}\nsizes: [0123, 8]\n")
+    cfg = load_config(Job, path)
+    assert (cfg.out, cfg.run_name, cfg.data.path, cfg.data.fields) == ("exp", "0123", "yes", {"question": "1e3"})
+    assert cfg.sizes == [123, 8]  # an int field reads decimal digits as decimal
+
+
+def test_numbers_and_words_where_either_fits():
+    assert load_config(Job, None, ["tau=1e-3"]).tau == 1e-3
+    assert load_config(Job, None, ["tau=auto"]).tau == "auto"
+    assert load_config(Job, None, ["epochs=0123"]).epochs == 123
+    assert load_config(Job, None, ["params={mode: upsample, k: 3}"]).params == {"mode": "upsample", "k": 3}
+    assert load_config(Job, None, ["params.k=0x10"]).params == {"k": 16}  # Any: read as YAML
+
+
+def test_values_are_taken_as_given_and_win_over_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("out: from-file\ndata: from-file.jsonl\n")
+    cfg = load_config(Job, path, ["epochs=2"], {"out": "exp #2", "run_name": "0123", "data.path": "yes"})
+    assert (cfg.out, cfg.run_name, cfg.data.path, cfg.epochs) == ("exp #2", "0123", "yes", 2)
+
+
+def test_null_is_none_where_allowed_else_the_default():
+    cfg = load_config(Job, None, ["run_name=null", "epochs=", "tau=~"])
+    assert (cfg.run_name, cfg.epochs, cfg.tau) == (None, 1, -2.3)
+    assert load_config(Job, None, ["out=~"]).out == "~"  # a text field that cannot be None keeps what it was given
+
+
+def test_a_data_section_takes_a_bare_path():
+    assert load_config(Job, None, ["data=train.jsonl"]).data == Data(path="train.jsonl")
+    assert load_config(Job, None, ["data=train.jsonl", "data.fields.question=q"]).data.fields == {"question": "q"}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sizes=abc", "Job.sizes: expected a list"),
+    ("sizes=5", "Job.sizes: expected a list"),
+    ("sizes=[1, x]", "Job.sizes[1]: expected an integer"),
+    ("params=abc", "Job.params: expected a mapping"),
+    ("data.fields=abc", "Job.data.fields: expected a mapping"),
+    ("inner=5", "Job.inner: expected a section"),
+    ("inner=[1]", "Job.inner: expected a section"),
+    ("data=[a, b]", "Job.data: expected a section"),
+    ("out=[a, b]", "Job.out: expected text"),
+    ("out={a: 1}", "Job.out: expected text"),
+    ("run_name=[a]", "Job.run_name: expected text"),
+    ("epochs=1:30", "Job.epochs: expected an integer"),  # not YAML 1.1's sexagesimal 90
+    ("tau=[1]", "Job.tau: expected float or str"),
+    ("out=[a", "not a valid YAML list"),
+])
+def test_a_value_of_the_wrong_type_is_one_error_naming_the_field(override, message):
+    with pytest.raises(InputError) as e:
+        load_config(Job, None, [override])
+    assert message in str(e.value) and "\n" not in str(e.value)
