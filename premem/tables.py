@@ -27,6 +27,7 @@ class TableSpec:
     strs: tuple[str, ...] = ("run",)  # required string columns
     nullable_strs: tuple[str, ...] = ()  # required columns holding a string or null
     bools: tuple[str, ...] = ()  # required true/false columns
+    floors: tuple[tuple[str, float, str], ...] = ()  # (column, least possible value, why): values below are impossible
 
     @property
     def required(self) -> list[str]:
@@ -38,7 +39,8 @@ SCORE_KEY = ("run", "step", "example_id")
 SCORE_INTS = ("step", "example_id", "n_samples", "n_correct")
 TABLES: dict[str, TableSpec] = {
     "runs": TableSpec(key=("run",)),
-    "train_scores": TableSpec(SCORE_KEY, ints=SCORE_INTS, floats=("perplexity",), counts=True),
+    "train_scores": TableSpec(SCORE_KEY, ints=SCORE_INTS, floats=("perplexity",), counts=True,
+                              floors=(("perplexity", 1.0, "exp of a mean token NLL (>= 0)"),)),
     "test_scores": TableSpec(SCORE_KEY, ints=SCORE_INTS, counts=True),
     "samples": TableSpec(
         ("run", "step", "split", "example_id", "sample"),
@@ -83,7 +85,9 @@ def validate(table: str, df: pd.DataFrame, where: str) -> None:
     for col in required:
         bad = df[col].isna().to_numpy()
         if bad.any() and col not in spec.nullable_strs:
-            raise InputError(f"{where} row {int(np.argmax(bad))}: {col} is empty")
+            row = int(np.argmax(bad))
+            what = "NaN" if pd.api.types.is_float_dtype(df[col]) else "empty"  # NaN: a number that is not one
+            raise InputError(f"{where} row {row}: {col} is {what}")
     for col in spec.strs + spec.nullable_strs:
         bad = _not_str(df[col]) & (df[col].notna().to_numpy() if col in spec.nullable_strs else True)
         if bad.any():
@@ -112,13 +116,20 @@ def validate(table: str, df: pd.DataFrame, where: str) -> None:
         bad = ~np.isfinite(values) | (values <= 0)
         if bad.any():
             row = int(np.argmax(bad))
-            raise InputError(f"{where} row {row}: {col} must be a positive number, got {df[col].iloc[row]!r}")
+            raise InputError(f"{where} row {row}: {col} must be a positive number, got {_py(df[col].iloc[row])!r}")
+    for col, least, why in spec.floors:
+        values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+        below = values < least - 1e-6  # float rounding of a perfectly memorized trace may land a hair under
+        if below.any():
+            row = int(np.argmax(below))
+            raise InputError(f"{where} row {row}: {col} is {_py(df[col].iloc[row])!r}, below {least:g}: impossible "
+                             f"for {why}")
     for col in spec.reals:
         values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
         bad = ~np.isfinite(values)
         if bad.any():
             row = int(np.argmax(bad))
-            raise InputError(f"{where} row {row}: {col} must be a finite number, got {df[col].iloc[row]!r}")
+            raise InputError(f"{where} row {row}: {col} must be a finite number, got {_py(df[col].iloc[row])!r}")
     if spec.counts:
         over = df["n_correct"].to_numpy() > df["n_samples"].to_numpy()
         if over.any():

@@ -16,11 +16,20 @@ tau = "auto" chooses the memorization threshold without looking at the held-out 
 scores: for each held-out run, tau is picked on the other runs alone (by their own
 leave-one-run-out R² over a grid), then that run is predicted with it. The tau reported is
 the one the same rule picks on all runs, used for the final fit and for unscored runs.
+
+tau = None is the default every verb shares (predict, report, quickstart): "auto" where at
+least AUTO_MIN_RUNS runs have test scores, else the paper's GSM8K value PAPER_TAU; so the
+same store prints the same numbers whichever verb reads it. `resolve_tau` is that rule.
+
+R² is reported as NaN (printed "undefined", null in JSON) where it means nothing: test
+accuracy that is the same at every point leaves no variance to explain, and a line through
+two points fits them exactly whatever they are.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -33,6 +42,31 @@ from premem.metrics.premem import FEATURES, TrainingCurves
 log = logging.getLogger(__name__)
 
 TAU_GRID = tuple(np.round(np.arange(-4.0, -0.45, 0.1), 2))  # log(log(ppl)) from ppl 1.018 to 1.82
+PAPER_TAU = -2.3  # Kang et al.'s GSM8K / Llama-3-8B value: the default where auto has too few runs to choose on
+AUTO_MIN_RUNS = 3  # nested leave-one-run-out: each held-out run's tau is chosen on >= 2 others
+# tau_mode -> how the printed header says tau was set
+TAU_MODES = {
+    "auto": "auto",
+    "fixed": "fixed",
+    "default": f"default, fewer than {AUTO_MIN_RUNS} runs with test scores",
+}
+
+
+def check_tau(tau) -> float | str | None:
+    """tau as given: None (the default rule), "auto", or a finite number; anything else is an InputError."""
+    if tau is None or tau == "auto":
+        return tau
+    if isinstance(tau, (bool, np.bool_)) or not isinstance(tau, (int, float, np.number)) or not math.isfinite(tau):
+        raise InputError(f"tau: expected a finite number or 'auto', got {tau!r}")
+    return float(tau)
+
+
+def resolve_tau(tau, n_runs_with_test: int) -> tuple[float | str, str]:
+    """(tau to use: a number or "auto", tau_mode): the one default rule every verb uses."""
+    tau = check_tau(tau)
+    if tau is None:
+        return ("auto", "auto") if n_runs_with_test >= AUTO_MIN_RUNS else (PAPER_TAU, "default")
+    return tau, "auto" if tau == "auto" else "fixed"
 
 
 @dataclass
@@ -50,7 +84,7 @@ class Prediction:
     """What `premem predict` reports; `to_dict()` is its --json output."""
 
     tau: float
-    tau_mode: str  # "fixed" or "auto"
+    tau_mode: str  # "auto", "fixed" (given) or "default" (the paper's value: too few runs for auto); see TAU_MODES
     n_points: int  # checkpoints with test scores, the points of the fit
     n_runs: int
     r2: float
@@ -62,6 +96,13 @@ class Prediction:
     baselines: dict[str, FitScores]
     points: pd.DataFrame  # run, step, features, test_acc, predicted, predicted_loro
     tau_per_run: dict[str, float] = field(default_factory=dict)  # auto only: tau used for each held-out run
+    dropped_test_runs: list[str] = field(default_factory=list)  # test-score runs with no train scores: left out
+    r2_note: str = ""  # why R² is undefined, where it is
+
+    @property
+    def tau_how(self) -> str:
+        """How tau was set, as the printed header says it."""
+        return TAU_MODES[self.tau_mode]
 
     def to_dict(self) -> dict:
         pts = self.points.astype(object).where(self.points.notna(), None)
@@ -70,16 +111,31 @@ class Prediction:
             "tau_mode": self.tau_mode,
             "n_points": self.n_points,
             "n_runs": self.n_runs,
-            "r2": self.r2,
-            "r2_loro": self.r2_loro,
+            "r2": _json_number(self.r2),
+            "r2_loro": _json_number(self.r2_loro),
+            "r2_note": self.r2_note or None,
             "mae": self.mae,
             "mae_loro": self.mae_loro,
             "slope": self.slope,
             "intercept": self.intercept,
-            "baselines": {k: asdict(v) for k, v in self.baselines.items()},
+            "baselines": {k: {f: _json_number(v) for f, v in asdict(b).items()} for k, b in self.baselines.items()},
             "tau_per_run": self.tau_per_run,
+            "dropped_test_runs": self.dropped_test_runs,
             "points": pts.to_dict(orient="records"),
         }
+
+
+def _json_number(value: float) -> float | None:
+    """NaN (an undefined R²) as JSON null: json.dumps would write NaN, which is not JSON."""
+    return None if value is None or math.isnan(value) else value
+
+
+def r2(y: np.ndarray, predicted: np.ndarray) -> float:
+    """R², NaN where undefined: test accuracy that never varies leaves no variance to explain
+    (scikit-learn would report 1.0 for a flat fit to it, or 0.0)."""
+    if len(y) == 0 or np.ptp(y) <= 1e-12:
+        return math.nan
+    return float(r2_score(y, predicted))
 
 
 class Line:
@@ -109,8 +165,9 @@ def score_feature(x: np.ndarray, y: np.ndarray, runs: np.ndarray) -> tuple[FitSc
     fitted = model.predict(x)
     held_out = loro_predictions(x, y, runs)
     scores = FitScores(
-        r2=float(r2_score(y, fitted)),
-        r2_loro=float(r2_score(y, held_out)),
+        # two points: a line fits them exactly, and each predicts the other at R² -3 whatever they are
+        r2=r2(y, fitted) if len(y) > 2 else math.nan,
+        r2_loro=r2(y, held_out) if len(y) > 2 else math.nan,
         mae=float(mean_absolute_error(y, fitted)),
         mae_loro=float(mean_absolute_error(y, held_out)),
         slope=model.slope,
@@ -120,7 +177,8 @@ def score_feature(x: np.ndarray, y: np.ndarray, runs: np.ndarray) -> tuple[FitSc
 
 
 def _loro_r2(x: np.ndarray, y: np.ndarray, runs: np.ndarray) -> float:
-    return float(r2_score(y, loro_predictions(x, y, runs)))
+    value = r2(y, loro_predictions(x, y, runs))
+    return value if math.isfinite(value) else -math.inf  # undefined for every tau: a tie, broken below
 
 
 def choose_tau(features: dict[float, np.ndarray], y: np.ndarray, runs: np.ndarray) -> float:
@@ -132,21 +190,27 @@ def choose_tau(features: dict[float, np.ndarray], y: np.ndarray, runs: np.ndarra
     return float(best)
 
 
-def predict(curves: TrainingCurves, tau: float | str = -2.3, grid: tuple[float, ...] = TAU_GRID) -> Prediction:
-    """Fit test accuracy on pre-memorization accuracy (and each baseline) over all scored checkpoints."""
+def predict(curves: TrainingCurves, tau: float | str | None = None, grid: tuple[float, ...] = TAU_GRID) -> Prediction:
+    """Fit test accuracy on pre-memorization accuracy (and each baseline) over all scored checkpoints.
+
+    tau: a number, "auto", or None for the default rule (resolve_tau): auto with >= 3 scored runs, else -2.3.
+    """
+    tau = check_tau(tau)
+    n_runs = len(curves.scored_runs())
+    if n_runs < 2:
+        dropped = ", ".join(map(repr, curves.dropped_test_runs))
+        raise InputError(f"predict needs test scores for at least 2 runs (the store has {n_runs})"
+                         + (f"; test scores of {dropped} match no run with train scores" if dropped else ""))
+    tau, mode = resolve_tau(tau, n_runs)
     auto = tau == "auto"
-    if not auto and not isinstance(tau, (int, float)):
-        raise InputError(f"tau: expected a number or 'auto', got {tau!r}")
-    taus = list(grid) if auto else [float(tau)]
+    if auto and n_runs < AUTO_MIN_RUNS:
+        raise InputError(f"tau=auto needs test scores for at least {AUTO_MIN_RUNS} runs (the store has {n_runs}); "
+                         "give tau a number")
+    taus = list(grid) if auto else [tau]
     points_by_tau = {t: curves.points(t) for t in taus}
     any_points = points_by_tau[taus[0]]
     scored = any_points["test_acc"].notna().to_numpy()
     runs = any_points["run"].to_numpy()[scored]
-    n_runs = len(np.unique(runs))
-    if n_runs < 2:
-        raise InputError(f"predict needs test scores for at least 2 runs (the store has {n_runs})")
-    if auto and n_runs < 3:  # nested leave-one-run-out: each held-out run's tau is chosen on >= 2 others
-        raise InputError(f"tau=auto needs test scores for at least 3 runs (the store has {n_runs}); give tau a number")
     y = any_points["test_acc"].to_numpy(dtype=float)[scored]
     premem_x = {t: p["premem"].to_numpy(dtype=float)[scored] for t, p in points_by_tau.items()}
 
@@ -162,13 +226,13 @@ def predict(curves: TrainingCurves, tau: float | str = -2.3, grid: tuple[float, 
             nested[held] = Line(premem_x[t][~held], y[~held]).predict(premem_x[t][held])
         log.debug("tau=auto chose %.2f on all runs; per held-out run: %s", chosen, tau_per_run)
     else:
-        chosen = float(tau)
+        chosen = tau
 
     points = points_by_tau[chosen].copy()
     main, fitted, held_out = score_feature(premem_x[chosen], y, runs)
     if auto:  # the honest held-out figures are the nested ones
         held_out = nested
-        main.r2_loro = float(r2_score(y, nested))
+        main.r2_loro = r2(y, nested) if len(y) > 2 else math.nan
         main.mae_loro = float(mean_absolute_error(y, nested))
     baselines = {}
     for name in FEATURES:
@@ -180,11 +244,21 @@ def predict(curves: TrainingCurves, tau: float | str = -2.3, grid: tuple[float, 
     points.loc[scored, "predicted_loro"] = held_out
     return Prediction(
         tau=chosen,
-        tau_mode="auto" if auto else "fixed",
+        tau_mode=mode,
         n_points=int(scored.sum()),
         n_runs=n_runs,
         baselines=baselines,
         points=points,
         tau_per_run=tau_per_run,
+        dropped_test_runs=list(curves.dropped_test_runs),
+        r2_note=_r2_note(y),
         **asdict(main),
     )
+
+
+def _r2_note(y: np.ndarray) -> str:
+    if np.ptp(y) <= 1e-12:
+        return f"R2 undefined: test accuracy is {y[0]:.3f} at every checkpoint, so there is no variance to explain"
+    if len(y) <= 2:
+        return "R2 undefined: 2 checkpoints with test scores; a line fits any 2 points exactly"
+    return ""

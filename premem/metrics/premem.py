@@ -17,13 +17,16 @@ whose test accuracy the run-level figure predicts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from premem.errors import InputError
 from premem.store import ScoreStore
+
+log = logging.getLogger(__name__)
 
 # The per-checkpoint features premem predicts test accuracy from. premem is the method;
 # the rest are the baselines the paper compares against.
@@ -61,6 +64,7 @@ class TrainingCurves:
     frame: pd.DataFrame
     test: pd.DataFrame  # run, step, test_acc (mean over test examples); may be empty
     group: np.ndarray = None
+    dropped_test_runs: list[str] = field(default_factory=list)  # test-score runs with no train scores: unused
 
     def __post_init__(self):
         if self.group is None:
@@ -87,18 +91,23 @@ class TrainingCurves:
                 "log_ppl": np.log(train["perplexity"].to_numpy(dtype=float)),
             }
         )
-        if frame["acc"].isna().any():
-            raise InputError("train_scores: a row has n_samples = 0, so its accuracy is undefined")
+        _refuse_unsampled("train_scores", train)
         frame = frame.sort_values(["run", "example_id", "step"], kind="stable", ignore_index=True)
         if test is None or test.empty:
             test_acc = pd.DataFrame(columns=["run", "step", "test_acc"])
         else:
+            _refuse_unsampled("test_scores", test)
             test_acc = (
                 test.assign(test_acc=test["n_correct"] / test["n_samples"])
                 .groupby(["run", "step"], as_index=False)["test_acc"]
                 .mean()
             )
-        return cls(frame, test_acc)
+        return cls(frame, test_acc, dropped_test_runs=warn_unmatched_test(test_acc, frame))
+
+    def scored_runs(self) -> list[str]:
+        """Runs with test scores at a checkpoint that has train scores: the runs a fit can use."""
+        trained = self.frame[["run", "step"]].drop_duplicates()
+        return sorted(self.test.dropna(subset=["test_acc"]).merge(trained, on=["run", "step"])["run"].unique())
 
     def per_example(self, tau: float) -> pd.DataFrame:
         """run, step, example_id, acc, memorized, premem — one row per trained example and checkpoint."""
@@ -119,6 +128,35 @@ class TrainingCurves:
             n_examples=("example_id", "size"),
         )
         return pts.merge(self.test, on=["run", "step"], how="left")
+
+
+def _refuse_unsampled(table: str, df: pd.DataFrame) -> None:
+    """A row with n_samples = 0 has no accuracy; averaging around it would quietly change the figure."""
+    zero = (df["n_samples"] == 0).to_numpy()
+    if zero.any():
+        row = df.iloc[int(np.argmax(zero))]
+        raise InputError(f"{table}: run {row['run']!r} step {int(row['step'])} example {int(row['example_id'])} "
+                         "has n_samples = 0, so its accuracy is undefined")
+
+
+def warn_unmatched_test(test_acc: pd.DataFrame, frame: pd.DataFrame) -> list[str]:
+    """Test scores no training point matches are left out of every fit; say so, never silently
+    (a typo in a run name would change R² with no word). Returns the runs left out whole."""
+    if test_acc.empty:
+        return []
+    trained = frame[["run", "step"]].drop_duplicates()
+    dropped = sorted(set(test_acc["run"]) - set(trained["run"]))
+    if dropped:
+        log.warning("test_scores: left out the test scores of %s: no run with train scores has that name",
+                    ", ".join(map(repr, dropped)))
+    kept = test_acc[test_acc["run"].isin(trained["run"])]
+    lone = kept.merge(trained, on=["run", "step"], how="left", indicator=True)
+    lone = lone[lone["_merge"] == "left_only"]
+    if len(lone):
+        first = lone.iloc[0]
+        log.warning("test_scores: %d checkpoint(s) have test scores but no train scores and are left out "
+                    "(first: run %r step %d)", len(lone), first["run"], int(first["step"]))
+    return dropped
 
 
 def restrict_to_trained(train: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:

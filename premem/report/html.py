@@ -26,25 +26,24 @@ import pandas as pd
 from premem import __version__
 from premem.errors import InputError
 from premem.files import atomic_path
-from premem.metrics.predict import Prediction, predict
+from premem.metrics.predict import AUTO_MIN_RUNS, PAPER_TAU, TAU_MODES, Prediction, check_tau, predict, resolve_tau
 from premem.metrics.premem import FEATURES, TrainingCurves
 from premem.report import plots
 from premem.report.probes import probe_runs, probe_section
 from premem.store import ScoreStore
 
 PROBES_TITLE = "Learning dynamics (probes)"
-PAPER_TAU = -2.3  # Kang et al.'s GSM8K value: the fallback when tau=auto has no test scores to choose by
 
 
-def build_report(store_dir: str | Path, out_path: str | Path = "report.html", tau: float | str = "auto") -> Path:
+def build_report(store_dir: str | Path, out_path: str | Path = "report.html", tau: float | str | None = None) -> Path:
     """Write the HTML report of the score store at `store_dir` to `out_path`; returns the path.
 
-    tau: the memorization threshold on log(log(perplexity)), or "auto" to choose it by nested
-    leave-one-run-out (premem.metrics.predict); auto falls back to -2.3 without test scores.
+    tau: the memorization threshold on log(log(perplexity)), "auto" to choose it by nested
+    leave-one-run-out, or None for the default `premem predict` uses too (premem.metrics.predict.resolve_tau:
+    auto where at least 3 runs have test scores, else -2.3); auto falls back to -2.3 without them.
     Bad input raises InputError before anything is written.
     """
-    if tau != "auto" and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau)):
-        raise InputError(f"tau: expected a number or 'auto', got {tau!r}")
+    check_tau(tau)
     store = ScoreStore(store_dir)
     probes = store.read("probe_scores") if store.has("probe_scores") else None
     if probes is not None and probes.empty:
@@ -71,21 +70,22 @@ def build_report(store_dir: str | Path, out_path: str | Path = "report.html", ta
     return out
 
 
-def fit(curves: TrainingCurves, tau: float | str) -> tuple[Prediction | None, float, str]:
+def fit(curves: TrainingCurves, tau: float | str | None) -> tuple[Prediction | None, float, str]:
     """The prediction (None when it cannot be fitted), the tau to use, and a note saying why not."""
-    scored = curves.test.merge(curves.frame[["run", "step"]].drop_duplicates(), on=["run", "step"])
-    n = scored["run"].nunique()
-    if n >= 3 or (n == 2 and tau != "auto"):
-        pred = predict(curves, tau)
+    n = len(curves.scored_runs())
+    chosen, _ = resolve_tau(tau, n)  # the default rule premem predict uses: the same store, the same numbers
+    if n >= 2:
+        if chosen == "auto" and n < AUTO_MIN_RUNS:  # auto asked for by name: each held-out run needs 2 others
+            pred = predict(curves, PAPER_TAU)
+            return pred, PAPER_TAU, (f"tau=auto needs test scores for at least {AUTO_MIN_RUNS} runs: using the paper's "
+                                     f"GSM8K value {PAPER_TAU:g}")
+        pred = predict(curves, chosen)
         return pred, pred.tau, ""
-    if n == 2:  # nested leave-one-run-out needs two runs left to choose each held-out run's tau
-        pred = predict(curves, PAPER_TAU)
-        return pred, PAPER_TAU, f"tau=auto needs test scores for at least 3 runs: using the paper's GSM8K value {PAPER_TAU:g}"
     why = "the store has no test scores" if curves.test.empty else f"test scores cover only {n} run{'s' * (n != 1)} with train scores"
     note = f"{why}; predicting test accuracy needs at least 2 runs with test scores, so it is skipped"
-    if tau == "auto":
+    if chosen == "auto":
         return None, PAPER_TAU, f"{note}, and tau=auto cannot be chosen: using the paper's GSM8K value {PAPER_TAU:g}"
-    return None, float(tau), note
+    return None, chosen, note
 
 
 # -- the page --------------------------------------------------------------------------------
@@ -171,9 +171,9 @@ def summary(store, curves, points, pred, tau_asked, tau, note, runs, labels) -> 
     table += [(name, b.r2, b.r2_loro, b.mae, b.mae_loro) for name, b in pred.baselines.items()]
     body = "".join(
         f"<tr><td>{escape(FEATURES[name])}{' (this method)' * (name == 'premem')}</td>"
-        + "".join(f'<td class="num">{v:.3f}</td>' for v in vals) + "</tr>"
+        + "".join(f'<td class="num">{"undefined" if math.isnan(v) else f"{v:.3f}"}</td>' for v in vals) + "</tr>"
         for name, *vals in table
-    )
+    ) + (f'<tr><td colspan="5" class="note">{escape(pred.r2_note)}</td></tr>' if pred.r2_note else "")
     return out + (
         "<h2>Predicting test accuracy</h2>\n"
         f"<p>{pred.n_points} checkpoints of {pred.n_runs} runs with test scores; "
@@ -191,8 +191,10 @@ def tau_html(pred, tau_asked, tau) -> str:
     if pred and pred.tau_mode == "auto":
         per_run = sorted(set(pred.tau_per_run.values()))
         how = f"auto: best leave-one-run-out R² over a grid; per held-out run {', '.join(f'{t:g}' for t in per_run)}"
+    elif tau_asked is None:  # the default rule, as premem predict prints it
+        how = f"{TAU_MODES['default']}: the paper's GSM8K value"
     elif tau_asked == "auto":
-        how = "auto needs test scores for at least 3 runs; paper default"
+        how = f"auto needs test scores for at least {AUTO_MIN_RUNS} runs; paper default"
     return f"<b>{tau:g}</b> ({escape(how)}); an example counts as memorized when log(log(ppl)) &lt; tau, i.e. ppl &lt; {ppl:.4f}"
 
 

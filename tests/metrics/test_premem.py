@@ -87,3 +87,26 @@ def test_run_missing_from_runs_table_is_an_error():
     raw = pd.DataFrame({"run": ["x"], "step": [1], "example_id": [0], "n_samples": [5], "n_correct": [1], "perplexity": [1.5]})
     with pytest.raises(InputError, match="run 'x' is not in runs.parquet"):
         TrainingCurves.from_tables(raw, pd.DataFrame({"run": ["y"]}))
+
+
+@pytest.mark.parametrize("value, message", [
+    (0.93, r"row 7: perplexity is 0.93, below 1: impossible for exp of a mean token NLL"),
+    (float("nan"), r"row 7: perplexity is NaN"),
+    (float("inf"), r"row 7: perplexity must be a positive number, got inf"),
+])
+def test_impossible_perplexities_are_refused_when_read(synthetic_store, value, message):
+    """exp of a mean NLL >= 0 is >= 1: a table dropped into a store with less (or NaN) is refused, naming it."""
+    from premem.store import ScoreStore
+
+    train = synthetic_store.read("train_scores")
+    train.loc[7, "perplexity"] = value
+    train.to_parquet(synthetic_store.path("train_scores"))  # as a tool other than premem would write it
+    with pytest.raises(InputError, match=f"train_scores.parquet {message}"):
+        TrainingCurves.from_store(ScoreStore(synthetic_store.root))
+
+
+def test_unsampled_test_rows_are_refused_not_averaged_around(synthetic_store):
+    runs, train, test = (synthetic_store.read(t) for t in ("runs", "train_scores", "test_scores"))
+    test.loc[3, ["n_samples", "n_correct"]] = 0
+    with pytest.raises(InputError, match="test_scores: run 'run0' step 10 example 3 has n_samples = 0"):
+        TrainingCurves.from_tables(train, runs, test)
