@@ -16,6 +16,8 @@ its batch, so a shard re-run after a crash reproduces the rows it lost.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -38,6 +40,17 @@ class SamplingParams:
     """Strings that end an answer (cut from the returned text); None: the prompt template's ("\nDone." for paper)."""
     seed: int = 2
     """Base seed; each query's seed is derived from it, its example id and the checkpoint step."""
+
+    def validate(self, prefix: str = "sampling.") -> None:
+        """Refuse settings no backend can sample with (before any work starts, not inside an actor)."""
+        check_int(prefix + "samples", self.samples, 1)
+        check_number(prefix + "temperature", self.temperature, lambda t: t >= 0, "a number >= 0 (0: greedy)")
+        check_number(prefix + "top_p", self.top_p, lambda p: 0 < p <= 1, "a number in (0, 1]")
+        check_int(prefix + "max_new_tokens", self.max_new_tokens, 1)
+        check_int(prefix + "seed", self.seed, 0)
+        stop = self.stop
+        if stop is not None and not (isinstance(stop, (list, tuple)) and all(isinstance(s, str) for s in stop)):
+            raise InputError(f"{prefix}stop: expected a list of strings, got {self.stop!r}")
 
 
 @dataclass(frozen=True)
@@ -96,8 +109,42 @@ class BackendOptions:
     """Allow loading .bin/.pt (pickle) weights; by default only safetensors are loaded."""
     trust_remote_code: bool = False
     """Allow a checkpoint's own Python code to run (off unless you trust the checkpoint)."""
+    allow_hub: bool = False
+    """Allow downloads from the Hugging Face hub (a LoRA base named by hub id, say); off: local files only."""
     cache_dir: str | None = None
     """Where merged LoRA / dequantized GGUF copies for vLLM are written (premem score: <store>/cache)."""
+
+    def validate(self, prefix: str = "options.") -> None:
+        """Refuse settings no backend can run with (before any work starts, not inside an actor)."""
+        from premem.sampling.checkpoints import _DTYPES
+
+        if self.dtype not in _DTYPES:
+            raise InputError(f"{prefix}dtype: expected one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):
+            raise InputError(f"{prefix}device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_int(prefix + "threads", self.threads, 1)
+        check_int(prefix + "batch_size", self.batch_size, 1)
+        if self.max_model_len is not None:
+            check_int(prefix + "max_model_len", self.max_model_len, 1)
+        check_number(prefix + "gpu_memory_utilization", self.gpu_memory_utilization, lambda u: 0 < u <= 1,
+                     "a number in (0, 1]")
+        check_number(prefix + "kv_cache_gib", self.kv_cache_gib, lambda g: g > 0, "a number of GiB > 0")
+
+
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_int(name: str, value, minimum: int) -> None:
+    """An InputError naming the setting unless value is an integer >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+
+
+def check_number(name: str, value, ok: Callable[[float], bool], expected: str) -> None:
+    """An InputError naming the setting unless value is a finite number (not a bool or nan) for which ok holds."""
+    real = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (real and ok(value)):
+        raise InputError(f"{name}: expected {expected}, got {value!r}")
 
 
 def check_scoring_inputs(prompt_ids: list[list[int]], target_ids: list[list[int]]) -> None:
@@ -123,6 +170,21 @@ def _vllm(checkpoint, options):
 
 # name -> constructor(checkpoint, options). Imports are deferred: vLLM is an optional extra.
 BACKENDS: dict[str, Callable] = {"hf": _hf, "vllm": _vllm}
+
+
+def check_execution(backend: str, options: BackendOptions, actors: int, gpus_per_actor: float) -> None:
+    """How a job runs backends on Ray actors, checked before it reads, writes or starts anything
+    (what the cluster holds is checked against it once Ray is up: premem.sampling.actors)."""
+    if backend not in BACKENDS:
+        raise InputError(f"backend: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    options.validate()
+    check_int("actors", actors, 1)
+    # Ray takes a fraction of one GPU, or whole GPUs
+    check_number("gpus_per_actor", gpus_per_actor, lambda g: g >= 0 and (g <= 1 or g == int(g)),
+                 "a number >= 0 (a fraction below 1, or whole GPUs)")
+    if options.device.startswith("cuda") and not gpus_per_actor:
+        raise InputError(f"options.device={options.device} needs gpus_per_actor > 0: Ray shows an actor no GPU "
+                         "unless it asks for one")
 
 
 def make_backend(name: str, checkpoint, options: BackendOptions) -> Backend:

@@ -17,6 +17,12 @@ Only safetensors are loaded unless the caller allows pickle (.bin/.pt) weights. 
 adapters are loaded on their base model through peft and merged; GGUF files through
 transformers' `gguf_file=` (dequantized; llama-family files need the `gguf` package).
 
+find_checkpoints checks every checkpoint's weight files from their headers (safetensors
+sizes, a sharded model's index, GGUF headers) so a broken file is named before any work.
+Nothing here contacts a model hub unless options.allow_hub: every load is local files only,
+and a LoRA base that is neither a local directory nor in the Hugging Face cache is refused
+at once, naming the adapter_config.json it came from.
+
     checkpoints = find_checkpoints("runs/r1")
     model, tokenizer = load_model_and_tokenizer(checkpoints[-1], BackendOptions())
     model_dir = materialize(checkpoints[-1], cache_dir)   # a plain safetensors dir, for vLLM
@@ -32,6 +38,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -106,6 +113,7 @@ def find_checkpoints(
     for a, b in zip(found, found[1:]):
         if a.step == b.step:
             raise InputError(f"{run_dir}: two checkpoints for step {a.step} ({a.location} and {b.location})")
+    check_weight_files(found)
     return found
 
 
@@ -172,6 +180,105 @@ def _gguf_files(run_dir: Path, run: str) -> list[Checkpoint]:
     return out
 
 
+# -- checking the weight files --------------------------------------------------------------
+# A truncated or empty weight file would otherwise show only when an actor loads it: a long
+# remote traceback naming neither checkpoint nor file, after the earlier checkpoints were
+# scored. So every checkpoint's files are checked when the run is found, from their headers
+# alone (no tensor is read: milliseconds for a run of many checkpoints).
+
+_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def check_weight_files(checkpoints: list[Checkpoint]) -> None:
+    """InputError naming the file if a checkpoint's weights (or its local LoRA base's) are broken."""
+    folders = []
+    for c in checkpoints:
+        if c.kind == "gguf":
+            _check_gguf(c.location)
+            continue
+        folders.append(c.path)
+        if c.kind == "lora" and c.base_model and Path(c.base_model).is_dir():
+            folders.append(Path(c.base_model))
+    for folder in dict.fromkeys(folders):  # a shared base model once
+        _check_weight_folder(folder)
+
+
+def _check_weight_folder(folder: Path) -> None:
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    held = {p.name: _safetensors_keys(p) for p in files if p.name.endswith(".safetensors")}
+    for p in files:
+        if p.name.endswith((".bin", ".pt", ".pth")) and not _trainer_file(p.name) and p.stat().st_size == 0:
+            raise InputError(f"{p}: empty file (0 bytes); the checkpoint was not fully written")
+    for name in _INDEXES:
+        if (folder / name).is_file():
+            _check_index(folder / name, held)
+
+
+def _check_index(path: Path, held: dict[str, set[str]]) -> None:
+    """A sharded checkpoint's index: valid, every shard it names present and holding its tensors."""
+    try:
+        weight_map = json.loads(path.read_text()).get("weight_map")
+    except (OSError, ValueError, AttributeError) as e:
+        raise InputError(f"{path}: not a readable weight index ({e})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise InputError(f"{path}: not a weight index (expected a weight_map from tensor names to file names)")
+    for name, count in Counter(weight_map.values()).items():
+        if not (path.parent / name).is_file():
+            raise InputError(f"{path}: names {name}, which is missing ({count} of the model's tensors are in it)")
+    for tensor, name in weight_map.items():
+        if name in held and tensor not in held[name]:
+            raise InputError(f"{path}: maps {tensor} to {name}, which does not hold it")
+
+
+def _safetensors_keys(path: Path) -> set[str]:
+    """The tensor names in a safetensors file, from its header; InputError if the file is broken."""
+    from safetensors import SafetensorError, safe_open
+
+    try:  # safe_open checks the header and that the file is exactly as long as it says
+        with safe_open(str(path), framework="numpy") as f:
+            return set(f.keys())
+    except (SafetensorError, OSError) as e:
+        raise InputError(f"{path}: {_safetensors_problem(path, e)}") from None
+
+
+def _safetensors_problem(path: Path, error: Exception) -> str:
+    """What is wrong with a safetensors file safe_open refused, in words a user can act on."""
+    size = path.stat().st_size
+    if size == 0:
+        return "empty file (0 bytes); the checkpoint was not fully written"
+    with path.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little") if size >= 8 else None
+        try:
+            header = json.loads(f.read(n)) if n is not None and 8 + n <= size else None
+            expected = 8 + n + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            expected = None
+    if n is not None and 8 + n > size and n < 2**27:  # a plausible header length the file cannot hold
+        return f"truncated: {size:,} bytes, shorter than its own header ({8 + n:,}); the checkpoint was not fully written"
+    if expected is not None and expected > size:
+        return f"truncated: {size:,} bytes where its header says {expected:,}; the checkpoint was not fully written"
+    if expected is not None and expected < size:
+        return f"{size:,} bytes where its header says {expected:,}: not a valid safetensors file"
+    return f"not a readable safetensors file ({error})"
+
+
+def _check_gguf(path: Path) -> None:
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
+    if not _has("gguf"):  # loading needs gguf, and says so; here the magic number at least
+        with path.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                raise InputError(f"{path}: not a GGUF file (it does not start with GGUF)")
+        return
+    from gguf import GGUFReader
+
+    try:  # reads the header and tensor table and maps each tensor's data: a cut file fails here
+        GGUFReader(path)
+    except (ValueError, TypeError, KeyError, IndexError, OSError, struct.error) as e:
+        raise InputError(f"{path}: not a readable GGUF file, cut short or corrupt ({e})") from None
+
+
 # -- loading ---------------------------------------------------------------------------------
 
 
@@ -185,15 +292,17 @@ def load_model_and_tokenizer(checkpoint: Checkpoint, options: BackendOptions):
 
 def load_tokenizer(checkpoint: Checkpoint, options: BackendOptions | None = None):
     """The checkpoint's tokenizer: from its folder, else the run's, else the base model's, else the .gguf's."""
+    # the base first, even where the adapter has its own tokenizer: a bad one fails before transformers loads
+    base = base_model_source(checkpoint, options) if checkpoint.kind == "lora" else None
     from transformers import AutoTokenizer
 
     trust = bool(options and options.trust_remote_code)
     source = tokenizer_dir(checkpoint)
-    kwargs = {}
+    kwargs = hub_kwargs(options)
     if source is None and checkpoint.kind == "gguf":
-        source, kwargs = checkpoint.path, {"gguf_file": str(checkpoint.location.resolve())}
-    elif source is None and checkpoint.kind == "lora" and checkpoint.base_model:
-        source = checkpoint.base_model  # not a local folder: a name transformers may resolve from its cache
+        source, kwargs["gguf_file"] = checkpoint.path, str(checkpoint.location.resolve())
+    elif source is None and base:
+        source = base  # not a local folder: a model in the Hugging Face cache
     if source is None:
         raise InputError(f"{checkpoint.location}: no tokenizer here, in the run directory or with the base model")
     try:
@@ -209,11 +318,11 @@ def load_config(checkpoint: Checkpoint, options: BackendOptions | None = None):
     from transformers import AutoConfig
 
     trust = bool(options and options.trust_remote_code)
-    source, kwargs = checkpoint.path, {}
+    source, kwargs = checkpoint.path, hub_kwargs(options)
     if checkpoint.kind == "gguf":
         kwargs["gguf_file"] = str(checkpoint.location.resolve())
     elif checkpoint.kind == "lora":
-        source = checkpoint.base_model or checkpoint.path
+        source = base_model_source(checkpoint, options)
     try:
         return AutoConfig.from_pretrained(str(source), trust_remote_code=trust, **kwargs)
     except ImportError as e:
@@ -233,6 +342,38 @@ def tokenizer_dir(checkpoint: Checkpoint) -> Path | None:
         if any((d / name).is_file() for name in _TOKENIZER_FILES):
             return d
     return None
+
+
+def hub_kwargs(options: BackendOptions | None) -> dict:
+    """from_pretrained's keywords for the model hub: local files only unless the user opted in."""
+    return {"local_files_only": not (options and options.allow_hub)}
+
+
+def base_model_source(checkpoint: Checkpoint, options: BackendOptions | None = None) -> str:
+    """A LoRA checkpoint's base model as from_pretrained takes it: a local directory, a model in the
+    Hugging Face cache, or (only with options.allow_hub) a hub name. Otherwise transformers would
+    retry the hub for a minute and fail with a message about the hub, not about this checkpoint."""
+    base = checkpoint.base_model
+    config = checkpoint.path / "adapter_config.json"
+    if not base:
+        raise InputError(f"{config}: names no base model (base_model_name_or_path); pass base_model=DIR")
+    if Path(base).is_dir() or (options and options.allow_hub) or _in_hub_cache(base):
+        return base
+    origin = f"{config}: its base_model_name_or_path" if base == _adapter_base(checkpoint.path) else "base_model:"
+    raise InputError(
+        f"{origin} {base!r} is not a local directory (nor a model in the Hugging Face cache); pass base_model=DIR "
+        "naming the base model's directory (premem downloads from the model hub only with options.allow_hub=true)"
+    )
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether a hub model's config is in the local Hugging Face cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a hub id at all (HFValidationError): a path that does not exist
+        return False
 
 
 def resolve_device(device: str):
@@ -265,6 +406,7 @@ def _load_model(checkpoint: Checkpoint, options: BackendOptions, dtype: str, deq
         "trust_remote_code": options.trust_remote_code,
         # None lets transformers fall back to .bin weights; True refuses them
         "use_safetensors": None if options.allow_pickle else True,
+        **hub_kwargs(options),
     }
     if checkpoint.kind == "gguf":
         from transformers import GgufConfig
@@ -284,16 +426,15 @@ def _load_model(checkpoint: Checkpoint, options: BackendOptions, dtype: str, deq
         return _from_pretrained(AutoModelForCausalLM, checkpoint.path, kwargs)
     if not _has("peft"):
         raise InputError(f"{checkpoint.path}: a LoRA adapter; loading it needs peft (pip install peft)")
-    if not checkpoint.base_model:
-        raise InputError(f"{checkpoint.path}: the LoRA adapter names no base model; pass base_model")
+    base_source = base_model_source(checkpoint, options)
     _inspect(checkpoint.path, checkpoint.run, checkpoint.step, checkpoint.base_model, options.allow_pickle)
-    if Path(checkpoint.base_model).is_dir():
-        _inspect(Path(checkpoint.base_model), checkpoint.run, 0, None, options.allow_pickle, gguf=False)
+    if Path(base_source).is_dir():
+        _inspect(Path(base_source), checkpoint.run, 0, None, options.allow_pickle, gguf=False)
     from peft import PeftModel
 
-    base = _from_pretrained(AutoModelForCausalLM, checkpoint.base_model, kwargs, what="the LoRA base model")
+    base = _from_pretrained(AutoModelForCausalLM, base_source, kwargs, what="the LoRA base model")
     try:
-        model = PeftModel.from_pretrained(base, str(checkpoint.path))
+        model = PeftModel.from_pretrained(base, str(checkpoint.path), **hub_kwargs(options))
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise InputError(f"{checkpoint.path}: cannot load the LoRA adapter on {checkpoint.base_model} ({e})") from None
     return model.merge_and_unload()  # a plain model: faster to run, and the same one vLLM gets

@@ -103,10 +103,9 @@ class HFBackend:
             raise ValueError(f"{len(prompt_ids)} prompts but {len(seeds)} seeds")
         if any(not p for p in prompt_ids):
             raise InputError("generate: a prompt is empty (it needs at least a BOS token)")
-        if params.temperature < 0 or not 0 < params.top_p <= 1:
-            raise InputError(f"sampling: need temperature >= 0 and 0 < top_p <= 1 (got {params.temperature}, {params.top_p})")
-        if params.max_new_tokens < 1:
+        if params.max_new_tokens < 1:  # no room left in the context: an empty answer
             return [[Completion("", 0)] * params.samples for _ in prompt_ids]
+        params.validate()
         out: list[list[Completion] | None] = [None] * len(prompt_ids)
         order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
         for batch in _chunks(order, self.options.batch_size):

@@ -9,15 +9,18 @@ Resuming is by construction: every finished task is written as its own part of t
 seed is derived from (seed, step, split, example id) alone, so a task re-run after a crash
 gives exactly the rows it would have given; the final tables equal an uninterrupted run's.
 
-Everything that can be wrong with the input is checked before the first task starts:
-no checkpoints, a checkpoint whose tokenizer differs, a prompt longer than the model's
-context, data whose ids changed since the store was started.
+Everything that can be wrong with the input is checked before anything is written or the
+first actor starts: every setting (ScoreConfig.validate), no checkpoints, a checkpoint whose
+tokenizer differs, a prompt longer than the model's context, data whose ids changed since the
+store was started, more actors than the Ray cluster can place.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from tqdm.auto import tqdm
 
 from premem.data import DataConfig, Example, ExampleSet, get_grader, get_template, load_example_set
 from premem.errors import InputError
-from premem.sampling.backend import BackendOptions, SamplingParams
+from premem.sampling.backend import BackendOptions, SamplingParams, check_execution, check_int
 from premem.sampling.checkpoints import (
     Checkpoint,
     check_same_tokenizer,
@@ -85,6 +88,38 @@ class ScoreConfig:
     progress: bool = True
     """Show a progress bar."""
 
+    def validate(self) -> None:
+        """Refuse every setting that cannot work, before anything is read, written or started."""
+        if not self.run:
+            raise InputError("run: say which run to score (--run RUN_DIR)")
+        check_store_path(self.store)
+        for name, choices in (("count", ("strict", "flexible")), ("train_examples", ("trained", "all", "none")),
+                              ("checkpoints", ("all", "last"))):
+            value = getattr(self, name)
+            if value not in choices:
+                raise InputError(f"{name}: expected {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
+        if self.train_examples == "none" and not self.has_test:
+            raise InputError("train_examples=none scores test queries only: say which test data (--test)")
+        check_int("shard_size", self.shard_size, 1)
+        self.sampling.validate()
+        check_execution(self.backend, self.options, self.actors, self.gpus_per_actor)
+
+    @property
+    def has_test(self) -> bool:
+        return self.test is not None and bool(self.test.path)
+
+
+def check_store_path(store: str) -> None:
+    """A score store is a directory: refuse a path that cannot become one before anything is written there."""
+    if not store:
+        raise InputError("store: say where to write the scores (--store DIR)")
+    path = Path(store)
+    if path.exists():
+        ScoreStore(path)  # refuses a file
+    nearest = next(p for p in [path, *path.absolute().parents] if p.exists())
+    if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
+        raise InputError(f"store {store}: cannot write in {nearest}")
+
 
 @dataclass
 class ScoreSummary:
@@ -104,25 +139,19 @@ def query_seed(seed: int, step: int, split: str, example_id: int) -> int:
 
 
 def score(cfg: ScoreConfig) -> ScoreSummary:
-    """Score every checkpoint of cfg.run into cfg.store. Resumes a store it has written before."""
-    if cfg.count not in ("strict", "flexible"):
-        raise InputError(f"count: expected strict or flexible, got {cfg.count!r}")
-    if not cfg.store:
-        raise InputError("store: say where to write the scores (--store DIR)")
-    if cfg.train_examples not in ("trained", "all", "none"):
-        raise InputError(f"train_examples: expected trained, all or none, got {cfg.train_examples!r}")
-    if cfg.checkpoints not in ("all", "last"):
-        raise InputError(f"checkpoints: expected all or last, got {cfg.checkpoints!r}")
-    has_test = cfg.test is not None and bool(cfg.test.path)
-    if cfg.train_examples == "none" and not has_test:
-        raise InputError("train_examples=none scores test queries only: say which test data (--test)")
+    """Score every checkpoint of cfg.run into cfg.store. Resumes a store it has written before.
+
+    Every setting, the input and the Ray cluster's room for the actors are checked before anything
+    is written; an error in a task is a TaskFailed naming the checkpoint.
+    """
+    cfg.validate()
     checkpoints = find_checkpoints(cfg.run, cfg.run_name, cfg.base_model, allow_pickle=cfg.options.allow_pickle)
     if cfg.checkpoints == "last":
         checkpoints = checkpoints[-1:]
     run = checkpoints[0].run
     meta = run_metadata(cfg.run)
     data = {} if cfg.train_examples == "none" else {"train": load_example_set(cfg.train)}
-    if has_test:
+    if cfg.has_test:
         data["test"] = load_example_set(cfg.test)
 
     tokenizer = check_tokenizers(checkpoints, cfg.options)
@@ -131,19 +160,34 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     encoded = {split: encode(ds, template, tokenizer, context, cfg.sampling, split) for split, ds in data.items()}
     if "train" in data and cfg.train_examples == "trained" and meta.get("train_example_ids") is not None:
         encoded["train"] = only_trained(encoded["train"], meta["train_example_ids"], cfg.run, data["train"].path)
-
-    store = ScoreStore(cfg.store, create=True)
-    for split, ds in data.items():
-        store.check_dataset(split, ds)
-    if cfg.options.cache_dir is None:  # write only under the directories the user named
-        cfg.options.cache_dir = str(Path(cfg.store).resolve() / "cache")
     stop = cfg.sampling.stop if cfg.sampling.stop is not None else template.stop
     params = SamplingParams(**{**cfg.sampling.__dict__, "stop": list(stop)})
 
-    scored = {split: stored_keys(store, score_table(split)) for split in data}
+    existing = ScoreStore(cfg.store) if Path(cfg.store).is_dir() else None
+    if existing is not None:
+        check_data_unchanged(existing, data)
+    scored = {split: stored_keys(existing, score_table(split)) if existing else set() for split in data}
     tasks = [t for c in checkpoints for split in data for t in make_tasks(c, split, encoded[split], params, cfg.shard_size)]
     todo = [t for t in tasks if not task_done(t, scored)]
     log.info("%s: %d checkpoints, %d tasks, %d already done", run, len(checkpoints), len(tasks), len(tasks) - len(todo))
+
+    pool = nullcontext([])
+    if todo:
+        from premem.sampling.actors import ray_init, start_actors
+
+        ray_init(cfg.address)
+        if cfg.options.cache_dir is None:  # write only under the directories the user named
+            cfg.options.cache_dir = str(Path(cfg.store).resolve() / "cache")
+        pool = start_actors(max(1, min(cfg.actors, len(todo))), cfg.backend, cfg.options, params, cfg.gpus_per_actor)
+    with pool as actors:  # started, or refused by the cluster, before anything is written
+        return write_scores(cfg, run, meta, checkpoints, data, tasks, todo, actors)
+
+
+def write_scores(cfg: ScoreConfig, run: str, meta: dict, checkpoints, data, tasks, todo, actors) -> ScoreSummary:
+    """The writing half of score(): record the run and its data, run the tasks, compact the tables."""
+    store = ScoreStore(cfg.store, create=True)
+    for split, ds in data.items():
+        store.check_dataset(split, ds)
     store.append("runs", run_row(run, cfg, meta))
 
     start = time.perf_counter()
@@ -164,10 +208,8 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
 
     retries = 0
     if todo:
-        from premem.sampling.actors import ray_init, run_tasks, start_actors
+        from premem.sampling.actors import run_tasks
 
-        ray_init(cfg.address)
-        actors = start_actors(max(1, min(cfg.actors, len(todo))), cfg.backend, cfg.options, params, cfg.gpus_per_actor)
         retries = run_tasks(actors, todo, on_result)
     bar.close()
     for table in ("samples", "train_scores", "test_scores"):
@@ -176,6 +218,19 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
         run, [c.step for c in checkpoints], len(tasks), len(todo), len(tasks) - len(todo), retries, tokens,
         time.perf_counter() - start,
     )
+
+
+def check_data_unchanged(store: ScoreStore, data: dict) -> None:
+    """Refuse data that changed since the store was started (reads only: a new split is recorded later)."""
+    recorded = recorded_splits(store)
+    for split, ds in data.items():
+        if split in recorded:
+            store.check_dataset(split, ds)
+
+
+def recorded_splits(store: ScoreStore) -> set[str]:
+    """The splits whose data the store has recorded (its datasets table)."""
+    return set(store.read("datasets")["split"]) if store.has("datasets") else set()
 
 
 RUN_COLUMNS = ("model", "lr", "epochs", "data_fraction", "seed", "batch_size", "n_train")
@@ -284,8 +339,7 @@ def encode(ds: ExampleSet, template, tokenizer, context: int, params: SamplingPa
 def make_tasks(c: Checkpoint, split: str, enc: Encoded, params: SamplingParams, shard_size: int):
     from premem.sampling.actors import Task
 
-    if shard_size < 1:
-        raise InputError(f"shard_size: expected a positive integer, got {shard_size}")
+    check_int("shard_size", shard_size, 1)
     order = sorted(range(len(enc.examples)), key=lambda i: enc.examples[i].example_id)
     for shard, start in enumerate(range(0, len(order), shard_size)):
         idx = order[start : start + shard_size]

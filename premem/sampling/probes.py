@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from premem.data.probes import PROBES_FILE, ProbeSet, check_probes_match, load_probes
 from premem.errors import InputError
 from premem.sampling.actors import SamplerActor
-from premem.sampling.backend import BackendOptions, SamplingParams, TargetLogprob
+from premem.sampling.backend import BackendOptions, SamplingParams, TargetLogprob, check_execution
 from premem.sampling.checkpoints import Checkpoint, find_checkpoints
 from premem.store import ScoreStore
 
@@ -69,6 +70,16 @@ class ProbeTrackConfig:
     progress: bool = True
     """Show a progress bar."""
 
+    def validate(self) -> None:
+        """Refuse every setting that cannot work, before anything is read, written or started."""
+        from premem.sampling.job import check_store_path
+
+        for name in ("run", "probes", "store"):
+            if not getattr(self, name):
+                raise InputError(f"probe track: say which {name} (--{name})")
+        check_store_path(self.store)
+        check_execution(self.backend, self.options, self.actors, self.gpus_per_actor)
+
 
 @dataclass
 class ProbeTask:
@@ -100,8 +111,8 @@ class ProbeResult:
 class ProbeActor(SamplerActor):
     """A sampler actor that scores probe tasks: teacher-forced log-probs and the greedy y*."""
 
-    def __init__(self, backend: str, options: BackendOptions):
-        super().__init__(backend, options, SamplingParams())
+    def __init__(self, backend: str, options: BackendOptions, verbose: bool = False):
+        super().__init__(backend, options, SamplingParams(), verbose)
 
     def run(self, task: ProbeTask) -> ProbeResult:  # type: ignore[override]
         start = time.perf_counter()
@@ -162,12 +173,10 @@ class TrackSummary:
 
 def track(cfg: ProbeTrackConfig) -> TrackSummary:
     """Score every probe response at every checkpoint of cfg.run into cfg.store; resumes."""
-    from premem.sampling.job import check_tokenizers, context_length
+    from premem.sampling.job import check_tokenizers, context_length, recorded_splits
     from premem.sampling.checkpoints import load_config
 
-    for name in ("run", "probes", "store"):
-        if not getattr(cfg, name):
-            raise InputError(f"probe track: say which {name} (--{name})")
+    cfg.validate()
     probes = load_probes(cfg.probes)
     if cfg.data:
         from premem.data import DataConfig, load_example_set
@@ -184,40 +193,41 @@ def track(cfg: ProbeTrackConfig) -> TrackSummary:
     context = context_length(load_config(checkpoints[0], cfg.options))
     encoded = encode_probes(probes, tokenizer, context)
 
-    store = ScoreStore(cfg.store, create=True)
-    if cfg.options.cache_dir is None:  # vLLM's merged copies of LoRA / GGUF checkpoints: under the store, as premem score
-        cfg.options.cache_dir = str(Path(cfg.store).resolve() / "cache")
-    store.check_dataset("probes", probes.fingerprint, path=str(probes.path / PROBES_FILE), n_examples=len(probes.rows),
-                        format="probes")
-    done = stored_keys(store)
+    record = {"path": str(probes.path / PROBES_FILE), "n_examples": len(probes.rows), "format": "probes"}
+    existing = ScoreStore(cfg.store) if Path(cfg.store).is_dir() else None
+    if existing is not None and "probes" in recorded_splits(existing):
+        existing.check_dataset("probes", probes.fingerprint, **record)  # refuses another probe set; reads only
+    done = stored_keys(existing) if existing else set()
     tasks = [ProbeTask(c, *encoded) for c in checkpoints]
     expected = [(pid, t) for pid, t in encoded[0]] + [(pid, "greedy") for pid in encoded[3]]
     todo = [t for t in tasks if not all((run, t.checkpoint.step, pid, ty) in done for pid, ty in expected)]
     log.info("%s: %d checkpoints, %d already tracked", run, len(tasks), len(tasks) - len(todo))
 
-    start = time.perf_counter()
-    bar = tqdm(total=len(todo), desc=f"probing {run}", unit="ckpt", disable=not cfg.progress)
-
-    def on_result(result: ProbeResult) -> None:
-        store.write_part(TABLE, result.task.part, result_rows(result, tokenizer))
-        bar.update(1)
-
-    retries = 0
+    pool = nullcontext([])
     if todo:
-        import ray
-
-        from premem.sampling.actors import ray_init, run_tasks
+        from premem.sampling.actors import actor_pool, ray_init
 
         ray_init(cfg.address)
-        remote = ray.remote(max_restarts=-1, max_task_retries=0)(ProbeActor)
-        opts = {"num_cpus": cfg.options.threads, "num_gpus": cfg.gpus_per_actor}
-        actors = [remote.options(**opts).remote(cfg.backend, cfg.options) for _ in range(max(1, min(cfg.actors, len(todo))))]
-        try:
+        if cfg.options.cache_dir is None:  # vLLM's merged copies of LoRA / GGUF checkpoints: under the store
+            cfg.options.cache_dir = str(Path(cfg.store).resolve() / "cache")
+        n = max(1, min(cfg.actors, len(todo)))
+        pool = actor_pool(ProbeActor, n, (cfg.backend, cfg.options), cfg.options.threads, cfg.gpus_per_actor)
+    with pool as actors:  # started, or refused by the cluster, before anything is written
+        store = ScoreStore(cfg.store, create=True)
+        store.check_dataset("probes", probes.fingerprint, **record)
+        start = time.perf_counter()
+        bar = tqdm(total=len(todo), desc=f"probing {run}", unit="ckpt", disable=not cfg.progress)
+
+        def on_result(result: ProbeResult) -> None:
+            store.write_part(TABLE, result.task.part, result_rows(result, tokenizer))
+            bar.update(1)
+
+        retries = 0
+        if todo:
+            from premem.sampling.actors import run_tasks
+
             retries = run_tasks(actors, todo, on_result)
-        finally:
-            for a in actors:
-                ray.kill(a)
-    bar.close()
+        bar.close()
     store.compact(TABLE)
     return TrackSummary(run, [c.step for c in checkpoints], len(todo), len(tasks) - len(todo), retries,
                         time.perf_counter() - start)

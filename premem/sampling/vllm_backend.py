@@ -83,8 +83,9 @@ class VLLMBackend:
 
         if len(prompt_ids) != len(seeds):
             raise ValueError(f"{len(prompt_ids)} prompts but {len(seeds)} seeds")
-        if params.max_new_tokens < 1:
+        if params.max_new_tokens < 1:  # no room left in the context: an empty answer
             return [[Completion("", 0)] * params.samples for _ in prompt_ids]
+        params.validate()
         greedy = params.temperature == 0
         requests = [
             VLLMParams(

@@ -131,8 +131,8 @@ def pretrain_briefly(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)  # never the hub
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True)
     encoded = tokenizer(texts, verbose=False)["input_ids"]  # verbose=False: texts may exceed model_max_length
     ids = [i for text_ids in encoded for i in text_ids + [tokenizer.eos_token_id]]
     stream = torch.tensor(ids)

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import struct
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -125,9 +130,13 @@ def test_the_final_model_step(tmp_path, tok):
     assert [(x.step, x.path, x.kind) for x in find_checkpoints(c)] == [(0, c, "full")]
 
 
+# a GGUF v3 file holding no tensors and no metadata: a readable header, all discovery needs
+EMPTY_GGUF = b"GGUF" + struct.pack("<IQQ", 3, 0, 0)
+
+
 def test_gguf_steps_from_their_names(tmp_path):
     for name in ("r-step30.gguf", "model-checkpoint-40.gguf", "final-50.Q4_1.gguf", "z_60.F16.gguf"):
-        (tmp_path / name).write_bytes(b"")
+        (tmp_path / name).write_bytes(EMPTY_GGUF)
     got = find_checkpoints(tmp_path, run_name="g")
     assert [(c.step, c.gguf_file, c.kind, c.path) for c in got] == [
         (30, "r-step30.gguf", "gguf", tmp_path),
@@ -139,13 +148,13 @@ def test_gguf_steps_from_their_names(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     for name in ("SmolLM2-135M-Instruct.Q4_1.gguf", "zeta.gguf"):  # no stand-alone number: their order
-        (other / name).write_bytes(b"")
+        (other / name).write_bytes(EMPTY_GGUF)
     assert [(c.step, c.gguf_file) for c in find_checkpoints(other)] == [(0, "SmolLM2-135M-Instruct.Q4_1.gguf"), (1, "zeta.gguf")]
 
 
 def test_a_gguf_file_in_a_checkpoint_folder(tmp_path):
     (tmp_path / "checkpoint-3").mkdir()
-    (tmp_path / "checkpoint-3" / "model.Q8_0.gguf").write_bytes(b"")
+    (tmp_path / "checkpoint-3" / "model.Q8_0.gguf").write_bytes(EMPTY_GGUF)
     [c] = find_checkpoints(tmp_path)
     assert (c.step, c.kind, c.path, c.gguf_file) == (3, "gguf", tmp_path / "checkpoint-3", "model.Q8_0.gguf")
 
@@ -311,7 +320,7 @@ def test_a_lora_adapter_with_pickle_weights_only(tmp_path):
     folder = tmp_path / "checkpoint-2"
     folder.mkdir()
     (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "base"}))
-    (folder / "adapter_model.bin").write_bytes(b"")
+    (folder / "adapter_model.bin").write_bytes(b"\x80\x04N.")  # a pickle: never loaded here
     with pytest.raises(InputError, match=r"checkpoint-2: only pickle weights \(adapter_model.bin\)"):
         find_checkpoints(tmp_path)
     [c] = find_checkpoints(tmp_path, allow_pickle=True)
@@ -441,3 +450,231 @@ def test_gguf_without_the_gguf_package_is_an_input_error(gguf_run, monkeypatch):
     c = find_checkpoints(gguf_run[0])[0]
     with pytest.raises(InputError, match=r"tiny-step100\.F32\.gguf: loading a GGUF file needs the gguf package: pip install gguf"):
         load_model_and_tokenizer(c, CPU)
+
+
+# -- broken weight files: named when the run is found, before any work ------------------------
+
+
+@pytest.fixture
+def sharded_run(tmp_path, tok):
+    """Two checkpoints saved as transformers' Trainer saves a large model: safetensors shards and an index."""
+    run = tmp_path / "sharded"
+    made = {}
+    for step in (1, 2):
+        made[step] = tiny_model(len(tok), step)
+        made[step].save_pretrained(run / f"checkpoint-{step}", max_shard_size=10_000)
+        tok.save_pretrained(run / f"checkpoint-{step}")
+    return run, made
+
+
+def shards(folder):
+    return sorted(folder.glob("model-*-of-*.safetensors"))
+
+
+def test_a_sharded_checkpoint_is_found_and_loads(sharded_run):
+    run, made = sharded_run
+    assert len(shards(run / "checkpoint-2")) >= 3 and (run / "checkpoint-2" / "model.safetensors.index.json").is_file()
+    for c in find_checkpoints(run):
+        model, _ = load_model_and_tokenizer(c, CPU)
+        torch.testing.assert_close(logits(model), logits(made[c.step]))
+
+
+def _cut(path, size):
+    os.truncate(path, size)
+
+
+def _swap_two_tensors(index):
+    doc = json.loads(index.read_text())
+    names = list(doc["weight_map"])
+    a, b = next((a, b) for a in names for b in names if doc["weight_map"][a] != doc["weight_map"][b])
+    doc["weight_map"][a], doc["weight_map"][b] = doc["weight_map"][b], doc["weight_map"][a]
+    index.write_text(json.dumps(doc))
+    return a, doc["weight_map"][a]
+
+
+@pytest.mark.parametrize("breakage", ["truncated", "cut in its header", "empty", "longer", "garbage", "missing",
+                                      "index not json", "index without weight_map", "index maps a tensor elsewhere"])
+def test_a_broken_shard_or_index_is_named_before_any_work(sharded_run, breakage):
+    run, _ = sharded_run
+    folder = run / "checkpoint-2"  # checkpoint-1 is intact: the check is not the first load's
+    shard, index = shards(folder)[1], folder / "model.safetensors.index.json"
+    size = shard.stat().st_size
+    if breakage == "truncated":
+        _cut(shard, size // 2)
+        expected = f"{shard}: truncated: {size // 2:,} bytes where its header says {size:,}; the checkpoint was not fully written"
+    elif breakage == "cut in its header":
+        _cut(shard, 20)
+        header = 8 + int.from_bytes(shard.read_bytes()[:8], "little")
+        expected = f"{shard}: truncated: 20 bytes, shorter than its own header ({header:,}); the checkpoint was not fully written"
+    elif breakage == "empty":
+        _cut(shard, 0)
+        expected = f"{shard}: empty file (0 bytes); the checkpoint was not fully written"
+    elif breakage == "longer":
+        with shard.open("ab") as f:
+            f.write(b"\0" * 8)
+        expected = f"{shard}: {size + 8:,} bytes where its header says {size:,}: not a valid safetensors file"
+    elif breakage == "garbage":
+        shard.write_bytes(b"\xff" * size)
+        expected = f"{shard}: not a readable safetensors file (Error while deserializing header: header too large)"
+    elif breakage == "missing":
+        held = sum(1 for f in json.loads(index.read_text())["weight_map"].values() if f == shard.name)
+        shard.unlink()
+        expected = f"{index}: names {shard.name}, which is missing ({held} of the model's tensors are in it)"
+    elif breakage == "index not json":
+        index.write_text(index.read_text()[:50])
+        expected = f"{index}: not a readable weight index ("
+    elif breakage == "index without weight_map":
+        index.write_text(json.dumps({"metadata": {}}))
+        expected = f"{index}: not a weight index (expected a weight_map from tensor names to file names)"
+    else:
+        tensor, file = _swap_two_tensors(index)
+        expected = f"{index}: maps {tensor} to {file}, which does not hold it"
+    with pytest.raises(InputError) as e:
+        find_checkpoints(run)
+    assert str(e.value).startswith(expected) and "\n" not in str(e.value)
+
+
+@needs_peft
+def test_a_broken_lora_adapter_or_base_is_named(lora_run, tmp_path):
+    root, _ = lora_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    adapter = run / "checkpoint-9" / "adapter_model.safetensors"
+    _cut(adapter, adapter.stat().st_size - 1)
+    with pytest.raises(InputError, match=rf"^{adapter}: truncated: [\d,]+ bytes where its header says [\d,]+;"):
+        find_checkpoints(run)
+    _cut(adapter, 0)
+    with pytest.raises(InputError, match=rf"^{adapter}: empty file \(0 bytes\)"):
+        find_checkpoints(run)
+    shutil.rmtree(run / "checkpoint-9")
+    base = tmp_path / "base"  # the base every checkpoint is loaded on: checked too
+    shutil.copytree(root / "base", base)
+    _cut(base / "model.safetensors", 100)
+    with pytest.raises(InputError, match=rf"^{base}/model.safetensors: truncated: 100 bytes"):
+        find_checkpoints(run, base_model=str(base))
+
+
+def test_broken_gguf_files_are_named(tmp_path, gguf_run, monkeypatch):
+    run, _, _ = gguf_run
+    (tmp_path / "a-step1.gguf").write_bytes(b"")
+    with pytest.raises(InputError, match=rf"^{tmp_path}/a-step1.gguf: empty file \(0 bytes\)$"):
+        find_checkpoints(tmp_path)
+    (tmp_path / "a-step1.gguf").write_bytes(b"not a gguf file")
+    monkeypatch.setattr(ck, "_has", lambda package: package != "gguf")  # without gguf: the magic number at least
+    with pytest.raises(InputError, match=r"a-step1.gguf: not a GGUF file \(it does not start with GGUF\)$"):
+        find_checkpoints(tmp_path)
+
+
+@needs_gguf
+def test_a_truncated_gguf_file_is_named(tmp_path, gguf_run):
+    run, _, _ = gguf_run
+    good = run / "tiny-step100.F32.gguf"
+    cut = tmp_path / good.name
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size - 64])
+    with pytest.raises(InputError, match=rf"^{cut}: not a readable GGUF file, cut short or corrupt \("):
+        find_checkpoints(tmp_path)
+
+
+def test_pickle_weights_are_checked_for_emptiness_only(tmp_path, tok):
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    tiny_model(len(tok)).config.save_pretrained(folder)
+    (folder / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(InputError, match=rf"^{folder}/pytorch_model.bin: empty file \(0 bytes\)"):
+        find_checkpoints(tmp_path, allow_pickle=True)
+
+
+# -- the model hub: never contacted unless options.allow_hub ------------------------------------
+
+
+def _adapter_naming(lora_run, tmp_path, base: str):
+    """A copy of the LoRA run's checkpoint-5 whose adapter_config.json names `base`."""
+    root, _ = lora_run
+    folder = tmp_path / "run" / "checkpoint-5"
+    shutil.copytree(root / "run" / "checkpoint-5", folder)
+    config = folder / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": base}))
+    return folder.parent, config
+
+
+@needs_peft
+@pytest.mark.parametrize("base", ["some/model", "../base", "/no/such/base"])
+def test_a_lora_base_that_is_not_here_fails_at_once_naming_the_adapter_config(lora_run, tmp_path, base):
+    root, expected = lora_run
+    run, config = _adapter_naming(lora_run, tmp_path, base)
+    [c] = find_checkpoints(run)  # found; loading says whether the hub may be used
+    message = (
+        f"{config}: its base_model_name_or_path {base!r} is not a local directory (nor a model in the Hugging Face "
+        "cache); pass base_model=DIR naming the base model's directory (premem downloads from the model hub only "
+        "with options.allow_hub=true)"
+    )
+    loads = {
+        "tokenizer": lambda: load_tokenizer(c, CPU),
+        "config": lambda: load_config(c, CPU),
+        "model": lambda: load_model_and_tokenizer(c, CPU),
+        "materialize": lambda: materialize(c, tmp_path / "cache", CPU),
+    }
+    for what, load in loads.items():
+        start = time.perf_counter()
+        with pytest.raises(InputError) as e:
+            load()
+        assert (what, str(e.value)) == (what, message)
+        assert time.perf_counter() - start < 2, what  # no minute of hub retries
+    [c] = find_checkpoints(run, base_model=str(root / "base"))  # the override the message names
+    model, _ = load_model_and_tokenizer(c, CPU)
+    torch.testing.assert_close(logits(model), expected[5])
+    [c] = find_checkpoints(run, base_model="elsewhere/base")
+    with pytest.raises(InputError, match=r"^base_model: 'elsewhere/base' is not a local directory"):
+        load_config(c, CPU)
+
+
+HUB_PROBE = """
+import http.server, json, os, sys, threading
+
+hits = []  # a stand-in for huggingface.co: every request premem sends to the hub lands here
+class Hub(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        hits.append(self.path)
+        self.send_response(404)
+        self.end_headers()
+    do_HEAD = do_GET
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{server.server_address[1]}"  # read when huggingface_hub is imported
+
+from premem.errors import InputError
+from premem.sampling.backend import BackendOptions
+from premem.sampling.checkpoints import find_checkpoints, load_config, load_model_and_tokenizer, load_tokenizer
+
+run, base = sys.argv[1:]
+out = {}
+[c] = find_checkpoints(run)
+for allow in (False, True):
+    try:
+        load_config(c, BackendOptions(device="cpu", allow_hub=allow))
+    except InputError:
+        pass
+    out[f"bad base, allow_hub={allow}"] = len(hits)
+[c] = find_checkpoints(run, base_model=base)
+load_model_and_tokenizer(c, BackendOptions(device="cpu"))
+load_tokenizer(c)
+out["local base, model loaded"] = len(hits) - out["bad base, allow_hub=True"]
+print(json.dumps(out))
+"""
+
+
+@needs_peft
+@pytest.mark.slow
+def test_no_request_reaches_the_hub_unless_allowed(lora_run, tmp_path):
+    """A real process with the hub pointed at a local server: premem sends it nothing by default."""
+    root, _ = lora_run
+    run, _ = _adapter_naming(lora_run, tmp_path, "some/model")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    done = subprocess.run([sys.executable, "-c", HUB_PROBE, str(run), str(root / "base")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    requests = json.loads(done.stdout.strip().splitlines()[-1])
+    assert requests["bad base, allow_hub=False"] == 0 and requests["local base, model loaded"] == 0
+    assert requests["bad base, allow_hub=True"] > 0  # the stand-in does see the hub's requests when allowed

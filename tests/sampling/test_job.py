@@ -7,7 +7,9 @@ not row counts: same seeds must give the same rows, none lost, none duplicated.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -126,6 +128,8 @@ def test_killed_job_resumes_to_the_same_tables(workdir, reference, tmp_path):
 
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
+    for chatter in ("Loading weights", "Token authentication", "SamplerActor pid="):  # Ray's and transformers': -v only
+        assert chatter not in resumed.stderr + resumed.stdout
     assert_same_tables(tables(store), reference)
 
 
@@ -285,3 +289,70 @@ def test_test_only_scoring_of_the_last_checkpoint(workdir, reference, tmp_path):
     no_test.test = None
     with pytest.raises(InputError, match="train_examples=none scores test queries only"):
         score(no_test)
+
+
+# -- every setting checked before anything is read, written or started ---------------------------
+
+BAD_SETTINGS = [  # (dotted setting, bad value)
+    ("sampling.samples", 0), ("sampling.samples", -1), ("sampling.temperature", -0.5),
+    ("sampling.temperature", float("nan")), ("sampling.top_p", 0.0), ("sampling.top_p", 1.5),
+    ("sampling.max_new_tokens", 0), ("sampling.seed", -3), ("shard_size", 0), ("actors", 0),
+    ("gpus_per_actor", -1.0), ("gpus_per_actor", 1.5), ("options.threads", 0), ("options.batch_size", 0),
+    ("options.dtype", "float8"), ("options.device", "gpu"), ("options.kv_cache_gib", 0.0),
+    ("options.gpu_memory_utilization", 1.2), ("options.max_model_len", 0), ("backend", "tgi"), ("count", "loose"),
+    ("train_examples", "some"), ("checkpoints", "first"),
+]
+
+
+@pytest.mark.parametrize("setting, value", BAD_SETTINGS, ids=[f"{k}={v}" for k, v in BAD_SETTINGS])
+def test_a_bad_setting_is_refused_before_anything_is_read_or_written(tmp_path, setting, value):
+    # the run directory does not even exist: the setting is checked first
+    cfg = ScoreConfig(run=str(tmp_path / "run"), store=str(tmp_path / "store"),
+                      train=DataConfig(path=str(tmp_path / "train.jsonl")))
+    *parents, leaf = setting.split(".")
+    target = cfg
+    for name in parents:
+        target = getattr(target, name)
+    setattr(target, leaf, value)
+    with pytest.raises(InputError, match=f"^{re.escape(setting)}: "):
+        score(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cli_says_which_setting_in_one_line(tmp_path, capsys):
+    from premem.cli import main
+
+    code = main(["score", "--run", str(tmp_path / "run"), "--train", str(tmp_path / "t.jsonl"), "--store",
+                 str(tmp_path / "store"), "--samples", "0"])
+    assert code == 2
+    assert capsys.readouterr().err == "premem: error: sampling.samples: expected an integer >= 1, got 0\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_more_than_the_cluster_holds_is_refused_before_anything_is_written(workdir, tmp_path):
+    cfg = config(workdir, tmp_path / "store", actors=1)
+    cfg.options.threads = 4096
+    start = time.perf_counter()
+    with pytest.raises(InputError, match=r"^Ray cannot place 1 actor of 4096 CPUs each .* room for 0; ask for fewer"):
+        score(cfg)
+    assert time.perf_counter() - start < 60  # tokenizers, and a local Ray if none runs yet; never a wait on Ray
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.slow
+def test_an_error_in_an_actor_is_one_line_naming_the_checkpoint(workdir, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(workdir / "run", run)
+    # a config whose shapes do not match the weights: found only when an actor loads the checkpoint
+    config_file = run / "checkpoint-20" / "config.json"
+    model_config = json.loads(config_file.read_text())
+    model_config["intermediate_size"] += 8
+    config_file.write_text(json.dumps(model_config))
+    cfg = config(workdir, tmp_path / "store")
+    cfg.run = str(run)
+    with caplog.at_level(logging.DEBUG, logger="premem"), pytest.raises(InputError) as failed:
+        score(cfg)
+    message = str(failed.value)
+    assert message.startswith(f"run run step 20 ({run / 'checkpoint-20'}): RuntimeError: ") and "\n" not in message
+    # the remote traceback: at debug level only (premem -v)
+    assert 'File "' not in message and "SamplerActor.run" in caplog.text and 'File "' in caplog.text

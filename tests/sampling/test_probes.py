@@ -205,3 +205,14 @@ def test_bad_probe_input_is_one_line_exit_2_nothing_written(bad, work, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(f"premem: error: {needle}"), err
     assert not store.exists()
+
+
+@pytest.mark.parametrize("setting, value", [("actors", "0"), ("gpus_per_actor", "-1"), ("options.threads", "0"),
+                                            ("options.batch_size", "0"), ("options.device", "tpu"), ("backend", "tgi")])
+def test_a_bad_track_setting_is_refused_before_anything_is_read_or_written(tmp_path, capsys, setting, value):
+    # run and probes do not exist: the settings are checked first
+    code = main(["probe", "track", "--run", str(tmp_path / "run"), "--probes", str(tmp_path / "probes"), "--store",
+                 str(tmp_path / "store"), f"{setting}={value}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"premem: error: {setting}: ") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
