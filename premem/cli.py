@@ -25,10 +25,15 @@ log = logging.getLogger("premem")
 def _tau(value: str) -> float | str:
     if value == "auto":
         return value
+    import math
+
     try:
-        return float(value)
+        tau = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+        tau = math.nan
+    if not math.isfinite(tau):  # nan or inf marks every example alike: a flat fit printed with confidence
+        raise argparse.ArgumentTypeError(f"expected a finite number or 'auto', got {value!r}")
+    return tau
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -38,8 +43,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.plot and Path(args.plot).suffix.lower() not in (".png", ".svg", ".pdf"):
         raise InputError(f"--plot {args.plot}: use a .png, .svg or .pdf file name")
+    if args.plot:
+        from premem.files import check_output
+
+        check_output(args.plot, [args.store], what="--plot")
     curves = TrainingCurves.from_store(ScoreStore(args.store))
-    pred = predict(curves, args.tau)
+    pred = predict(curves, args.tau)  # tau None: the default rule every verb shares (metrics.predict.resolve_tau)
     if args.plot:
         from premem.report.plots import prediction_scatter
 
@@ -62,16 +71,24 @@ def fit_table(pred) -> str:
     """The R² / leave-one-run-out table of premem and its baselines, as `premem predict` prints it."""
     from premem.metrics.premem import FEATURES
 
+    def r2(v: float) -> str:  # an undefined R² is NaN: say so, never print a number for it
+        return "undefined" if v != v else f"{v:.3f}"
+
+    w1, w2 = (9, 9) if pred.r2_note else (7, 8)  # room for "undefined"; the usual table keeps its layout
     lines = [
         f"{pred.n_runs} runs, {pred.n_points} checkpoints with test scores; "
-        f"tau = {pred.tau:g} ({pred.tau_mode}; memorized when log(log(ppl)) < tau)",
+        f"tau = {pred.tau:g} ({pred.tau_how}; memorized when log(log(ppl)) < tau)",
         f"test_acc ~ {pred.slope:.3f} * premem + {pred.intercept:.3f}",
         "",
-        f"{'predictor':<34} {'R2':>7} {'LORO R2':>8} {'MAE':>7} {'LORO MAE':>9}",
+        f"{'predictor':<34} {'R2':>{w1}} {'LORO R2':>{w2}} {'MAE':>7} {'LORO MAE':>9}",
     ]
     rows = [(FEATURES["premem"], pred.r2, pred.r2_loro, pred.mae, pred.mae_loro)]
     rows += [(FEATURES[k], b.r2, b.r2_loro, b.mae, b.mae_loro) for k, b in pred.baselines.items()]
-    lines += [f"{label:<34} {r2:>7.3f} {r2l:>8.3f} {mae:>7.3f} {mael:>9.3f}" for label, r2, r2l, mae, mael in rows]
+    lines += [f"{label:<34} {r2(a):>{w1}} {r2(b):>{w2}} {mae:>7.3f} {mael:>9.3f}" for label, a, b, mae, mael in rows]
+    if pred.r2_note:
+        lines.append(pred.r2_note)
+    if pred.dropped_test_runs:
+        lines.append(f"left out: test scores of {', '.join(pred.dropped_test_runs)} (no run with train scores)")
     return "\n".join(lines)
 
 
@@ -147,10 +164,12 @@ def cmd_experiment_probes(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from premem.files import check_output
     from premem.store import ScoreStore
 
     if Path(args.out).suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--out {args.out}: the report is one .html file")
+    check_output(args.out, [args.store])
     ScoreStore(args.store)  # a mistyped path fails now, not after seconds of importing matplotlib and sklearn
     from premem.report import build_report
 
@@ -162,24 +181,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 # -- curate ----------------------------------------------------------------------------------
 
 
+# Each verb's flags as {config key: argument name}: set on the config as given, never parsed (see _config).
+CURATE_FLAGS = {"store": "store", "data.path": "data", "strategy": "strategy", "budget": "budget", "out": "out",
+                "tau": "tau", "seed": "seed", "runs": "run", "overwrite": "overwrite"}
+
+
 def cmd_curate(args: argparse.Namespace) -> int:
-    from premem.config import load_config
     from premem.curate import CurateConfig, curate
+    from premem.files import check_output
 
     fields = {f.name for f in dataclasses.fields(CurateConfig)}
     # KEY=VALUE: a CurateConfig field (seed=3, data.fields.question=query) or else a strategy parameter (mode=upsample)
     overrides = [o if o.partition("=")[0].split(".")[0] in fields else f"params.{o}" for o in args.overrides]
-    cfg = load_config(CurateConfig, args.config, overrides)
-    for key in ("store", "strategy", "budget", "out", "tau", "seed"):
-        if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
-    if args.data is not None:  # a config's data may be a mapping (a DataConfig) or a bare path
-        cfg.data = args.data if isinstance(cfg.data, str) else dataclasses.replace(cfg.data, path=args.data)
-    if args.run:
-        cfg.runs = list(args.run)
-    cfg.overwrite = cfg.overwrite or args.overwrite
+    cfg = _config(CurateConfig, args, CURATE_FLAGS, overrides)
     if not cfg.out:
         raise InputError("curate: say where to write the subset (--out DIR)")
+    check_output(cfg.out, [args.config, cfg.store, cfg.data.path], kind="dir", what="--out" if args.out else "out",
+                 replaces=True)
     result = curate(cfg)
     m = result.manifest
     b, s = m["budget"], m["summary"]
@@ -196,7 +214,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
 def cmd_curate_loop(args: argparse.Namespace) -> int:
     from premem.curate.loop import LoopConfig, loop
 
-    cfg = _job_config(LoopConfig, args)
+    cfg = _job_config(LoopConfig, args, inputs=lambda c: [c.data.path, c.test and c.test.path, c.model])
     table = loop(cfg)
     cols = ["round", "examples", "added", "strategy", "generator", "train_acc", "premem", "test_acc", "seconds"]
     print()
@@ -209,21 +227,21 @@ def cmd_curate_loop(args: argparse.Namespace) -> int:
 # -- data ------------------------------------------------------------------------------------
 
 
+DATA_CHECK_FLAGS = {"path": "data", "format": "format", "grader": "grader", "split": "split", "limit": "limit"}
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from premem.config import load_config
     from premem.data import DataConfig, get_grader, load_example_set
     from premem.data.grading import grade_gold_against_solutions
+    from premem.files import check_output
 
-    overrides = list(args.overrides)
-    for key in ("path", "format", "grader", "split", "limit"):
-        value = getattr(args, "data" if key == "path" else key)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    cfg = load_config(DataConfig, args.config, overrides)
+    cfg = _config(DataConfig, args, DATA_CHECK_FLAGS)
     if not cfg.path:
         raise InputError("data check: say which data to read (--data PATH, or path: in --config)")
     if args.out and Path(args.out).suffix != ".jsonl":
         raise InputError(f"--out {args.out}: canonical examples are written as .jsonl")
+    if args.out:
+        check_output(args.out, [cfg.path, args.config])
     data = load_example_set(cfg)
     grader = get_grader(data.grader)
     rows = [{"id": ex.example_id, "answer": ex.answer, "solution": ex.solution} for ex in data.examples]
@@ -232,6 +250,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         "path": data.path,
         "format": data.format,
         "grader": data.grader,
+        "rendered": data.rendered,  # "paper": the rows carried the paper template and were read without it
         "n_examples": len(data.examples),
         "fingerprint": data.fingerprint,
         "gold_self_agreement": n_agree / max(n_total, 1),
@@ -250,6 +269,11 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=1))
         return 0
     print(f"{data.path}: {len(data.examples)} examples, format {data.format}, grader {data.grader}")
+    if data.rendered == "paper":
+        print("rows already carry the paper template (prompt + '\\nAnswer:', ' ' + completion + '\\nDone.'): "
+              "read without it, so training and scoring use them as they are, not templated twice")
+    else:
+        print("rows are plain text: training and scoring apply the template (paper or chat) to them")
     print(f"fingerprint {data.fingerprint}")
     print(
         f"gold traces graded against their own final answers: {n_agree}/{n_total} agree "
@@ -267,23 +291,22 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 # -- score / regrade ---------------------------------------------------------------------------
 
 
+SCORE_FLAGS = {"run": "run", "store": "store", "train.path": "train", "test.path": "test", "backend": "backend",
+               "sampling.samples": "samples", "actors": "actors", "address": "address", "run_name": "run_name",
+               "options.allow_pickle": "allow_pickle", "options.trust_remote_code": "trust_remote_code"}
+
+
 def cmd_score(args: argparse.Namespace) -> int:
-    from premem.config import load_config
+    from premem.files import check_output
     from premem.sampling.job import ScoreConfig, score
 
-    overrides = []
-    for key, value in [("run", args.run), ("store", args.store), ("train.path", args.train), ("test.path", args.test),
-                       ("backend", args.backend), ("sampling.samples", args.samples), ("actors", args.actors),
-                       ("address", args.address), ("run_name", args.run_name)]:
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    if args.allow_pickle:
-        overrides.append("options.allow_pickle=true")
-    if args.trust_remote_code:
-        overrides.append("options.trust_remote_code=true")
-    cfg = load_config(ScoreConfig, args.config, overrides + list(args.overrides))
+    cfg = _config(ScoreConfig, args, SCORE_FLAGS)
     if not cfg.run:
         raise InputError("score: say which run to score (--run RUN_DIR)")
+    if not cfg.store:
+        raise InputError("store: say where to write the scores (--store DIR)")
+    check_output(cfg.store, [args.config, cfg.run, cfg.train.path, cfg.test and cfg.test.path, cfg.base_model],
+                 kind="dir", what="--store" if args.store else "store", inside=[cfg.run])
     summary = score(cfg)
     print(
         f"{summary.run}: {len(summary.checkpoints)} checkpoints (steps {', '.join(map(str, summary.checkpoints))}); "
@@ -305,21 +328,22 @@ def cmd_regrade(args: argparse.Namespace) -> int:
 # -- train -----------------------------------------------------------------------------------
 
 
+TRAIN_FLAGS = {"model": "model", "train.path": "train", "out": "out", "run_name": "run_name", "workers": "workers",
+               "allow_pickle": "allow_pickle", "trust_remote_code": "trust_remote_code"}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from premem.config import load_config
+    from premem.files import check_output
     from premem.train.sft import TrainConfig, read_run_info, sweep, train
 
-    overrides = []
-    for key, value in [("model", args.model), ("train.path", args.train), ("out", args.out),
-                       ("run_name", args.run_name), ("workers", args.workers)]:
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    if args.allow_pickle:
-        overrides.append("allow_pickle=true")
-    if args.trust_remote_code:
-        overrides.append("trust_remote_code=true")
-    cfg = load_config(TrainConfig, args.config, overrides + list(args.overrides))
-    run_dirs = sweep(cfg, cfg.sweep) if args.sweep or cfg.sweep is not None else [train(cfg)]
+    cfg = _config(TrainConfig, args, TRAIN_FLAGS)
+    if not cfg.out:
+        raise InputError("out: say where to write the run (--out DIR)")
+    sweeping = args.sweep or cfg.sweep is not None
+    # a run directory started again is cleared, so it must not hold what the run reads (a sweep's are under out)
+    check_output(cfg.out, [args.config, cfg.model, cfg.train.path, cfg.ref_model], kind="dir",
+                 what="--out" if args.out else "out", replaces=not sweeping)
+    run_dirs = sweep(cfg, cfg.sweep) if sweeping else [train(cfg)]
     for run_dir in run_dirs:
         info = read_run_info(run_dir) or {}
         steps = ", ".join(str(c["step"]) for c in info.get("checkpoints", []))
@@ -330,19 +354,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 # -- probe -----------------------------------------------------------------------------------
 
 
-def _flag_overrides(args: argparse.Namespace, pairs: list[tuple[str, str]]) -> list[str]:
-    """KEY=VALUE for each (config key, argument name) given on the command line, then the free overrides."""
-    given = [f"{key}={getattr(args, name)}" for key, name in pairs if getattr(args, name, None) is not None]
-    return given + list(args.overrides)
+PROBE_BUILD_FLAGS = {k: k for k in ("data", "out", "n", "seed", "irrelevant", "model")}
+PROBE_TRACK_FLAGS = {k: k for k in ("run", "probes", "store", "data", "base", "run_name", "backend", "actors", "address")}
 
 
 def cmd_probe_build(args: argparse.Namespace) -> int:
-    from premem.config import load_config
     from premem.data.probes import PROBES_FILE, ProbeBuildConfig, build_probes
+    from premem.files import check_output
 
-    pairs = [("data", "data"), ("out", "out"), ("n", "n"), ("seed", "seed"), ("irrelevant", "irrelevant"),
-             ("model", "model")]
-    cfg = load_config(ProbeBuildConfig, args.config, _flag_overrides(args, pairs))
+    cfg = _config(ProbeBuildConfig, args, PROBE_BUILD_FLAGS)
+    if cfg.out:  # build_probes says so when it is missing
+        check_output(cfg.out, [args.config, cfg.data, cfg.irrelevant, cfg.model], kind="dir",
+                     what="--out" if args.out else "out", replaces=True)
     probes = build_probes(cfg)
     m = probes.manifest
     counts = ", ".join(f"{t} {n}" for t, n in m["types"].items())
@@ -355,14 +378,15 @@ def cmd_probe_build(args: argparse.Namespace) -> int:
 
 
 def cmd_probe_track(args: argparse.Namespace) -> int:
-    from premem.config import load_config
+    from premem.files import check_output
     from premem.metrics.probes import report
     from premem.sampling.probes import TABLE, ProbeTrackConfig, track
     from premem.store import ScoreStore
 
-    pairs = [("run", "run"), ("probes", "probes"), ("store", "store"), ("data", "data"), ("base", "base"),
-             ("run_name", "run_name"), ("backend", "backend"), ("actors", "actors"), ("address", "address")]
-    cfg = load_config(ProbeTrackConfig, args.config, _flag_overrides(args, pairs))
+    cfg = _config(ProbeTrackConfig, args, PROBE_TRACK_FLAGS)
+    if cfg.store:  # track says so when it is missing
+        check_output(cfg.store, [args.config, cfg.run, cfg.probes, cfg.data, cfg.base], kind="dir",
+                     what="--store" if args.store else "store", inside=[cfg.run, cfg.probes])
     summary = track(cfg)
     print(f"{summary.run}: {len(summary.checkpoints)} checkpoints (steps {', '.join(map(str, summary.checkpoints))}); "
           f"{summary.tasks_run} tracked, {summary.tasks_skipped} already done, {summary.retries} retried; "
@@ -445,9 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tau",
         type=_tau,
-        default=-2.3,
-        help="memorization threshold on log(log(perplexity)) (default -2.3, the paper's GSM8K value), "
-        "or 'auto' to choose it by nested leave-one-run-out",
+        default=None,
+        help="memorization threshold on log(log(perplexity)), or 'auto' to choose it by nested leave-one-run-out "
+        "(default: auto where at least 3 runs have test scores, else -2.3, the paper's GSM8K value)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--compact", action="store_true", help="with --json: on one line")
@@ -466,9 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tau",
         type=_tau,
-        default="auto",
-        help="memorization threshold on log(log(perplexity)), or 'auto' (default) to choose it by nested "
-        "leave-one-run-out; without test scores auto falls back to -2.3",
+        default=None,
+        help="memorization threshold on log(log(perplexity)), or 'auto' to choose it by nested leave-one-run-out "
+        "(default: auto where at least 3 runs have test scores, else -2.3, the paper's GSM8K value; as premem "
+        "predict)",
     )
     p.set_defaults(func=cmd_report)
 
@@ -661,11 +686,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _job_config(cls: type, args: argparse.Namespace):
-    """A job's config: --config YAML, then the KEY=VALUE overrides, then --out."""
-    from premem.config import load_config
+def _config(cls: type, args: argparse.Namespace, flags: dict[str, str] | None = None, overrides: list[str] | None = None):
+    """A verb's config: --config YAML, then the KEY=VALUE overrides (each read as its field's type; see premem.config),
+    then the flags given, {config key: argument name}, taken as they are: a path or a name on a flag is never
+    parsed (`--out 'exp #2'`, `--run-name 0123`, `--data yes` stay what they say)."""
+    from premem.config import load_config, parse_override
 
-    return load_config(cls, args.config, list(args.overrides) + ([f"out={args.out}"] if args.out else []))
+    overrides = list(args.overrides) if overrides is None else overrides
+    given = {key: getattr(args, name) for key, name in (flags or {}).items()
+             if getattr(args, name, None) is not None and getattr(args, name) is not False}
+    for item in overrides:
+        key = parse_override(item)[0]
+        if key in given:  # no silent choice between the two
+            raise InputError(f"--{flags[key].replace('_', '-')} and {item} both set {key}; give one")
+    return load_config(cls, getattr(args, "config", None), overrides, given)
+
+
+def _job_config(cls: type, args: argparse.Namespace, inputs=lambda cfg: []):
+    """A recipe's config (--config YAML, KEY=VALUE, --out), its out directory checked before any work."""
+    from premem.files import check_output
+
+    cfg = _config(cls, args, {"out": "out"})
+    check_output(cfg.out, [args.config, *inputs(cfg)], kind="dir", what="--out" if args.out else "out")
+    return cfg
 
 
 def _settings_epilog(parser: argparse.ArgumentParser, module: str, name: str) -> None:
@@ -708,6 +751,9 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    from premem.logs import quiet_libraries
+
+    quiet_libraries(args.verbose)  # Ray's and transformers' own messages only with -v
     try:
         return args.func(args) or 0
     except InputError as e:

@@ -64,7 +64,7 @@ def test_predict_store_missing_a_column_writes_nothing(tmp_path, synthetic_store
 
 def test_predict_bad_tau_and_bad_plot_name(tmp_path, synthetic_store):
     proc = run("predict", "--store", str(synthetic_store.root), "--tau", "often")
-    assert proc.returncode == 2 and "expected a number or 'auto'" in proc.stderr
+    assert proc.returncode == 2 and "expected a finite number or 'auto'" in proc.stderr
     proc = run("predict", "--store", str(synthetic_store.root), "--plot", str(tmp_path / "p.txt"))
     assert_clean_error(proc, "p.txt")
     assert not (tmp_path / "p.txt").exists()
@@ -126,3 +126,196 @@ def test_data_check_config_with_unknown_key(tmp_path):
     cfg = tmp_path / "d.yaml"
     cfg.write_text("path: x.jsonl\nformt: gsm8k\n")
     assert_clean_error(run("data", "check", "--config", str(cfg)), "d.yaml", "formt")
+
+
+# -- issue 12: outputs never clobber inputs; flags are never parsed; a store that is a file -------
+
+import os  # noqa: E402
+import shlex  # noqa: E402
+
+from premem.files import sha256_file  # noqa: E402
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under root with its sha256 (or 'dir'): equal before and after means nothing was written."""
+    return {str(p.relative_to(root)): "dir" if p.is_dir() else sha256_file(p) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def world(tmp_path, synthetic_store, monkeypatch):
+    """A working directory holding a data file, a score store, a run, a model, a probe set and a few traps."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.jsonl").write_text(GOOD + "\n")
+    for d in ("run", "model", "probes", "adir.jsonl", "adir.html", "p.png", "sub"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "afile").write_text("not a directory\n")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "train.jsonl")
+    return tmp_path
+
+
+CLOBBERS = [
+    ("data check --data train.jsonl --out train.jsonl", "--out train.jsonl", "is also an input"),
+    ("data check --data train.jsonl --out sub/../train.jsonl", "is also an input"),
+    ("data check --data train.jsonl --out link.jsonl", "is also an input"),  # a symlink to the input
+    ("data check --data train.jsonl --out adir.jsonl", "is a directory"),
+    ("data check --data train.jsonl --out train.jsonl/x.jsonl", "is a file"),
+    ("curate --store store --data train.jsonl --out store", "--out store", "is also an input"),
+    ("curate --store store --data train.jsonl --out .", "holds the input"),
+    ("curate --store store --data train.jsonl --out afile", "not a directory"),
+    ("report --store store --out adir.html", "is a directory"),
+    ("report --store store --out afile/r.html", "is a file"),
+    ("predict --store store --plot p.png", "--plot p.png", "is a directory"),
+    ("score --run run --train train.jsonl --store run", "--store run", "is also an input"),
+    ("score --run run --train train.jsonl --store train.jsonl", "not a directory"),
+    ("score --run run --train train.jsonl --store run/store", "lies inside run"),
+    ("score --run run --train train.jsonl store=run", "store run", "is also an input"),
+    ("train --model model --train train.jsonl --out model", "is also an input"),
+    ("train --model model --train train.jsonl --out .", "holds the input"),
+    ("probe build --data train.jsonl --out train.jsonl", "not a directory"),
+    ("probe build --data train.jsonl --out .", "holds the input"),
+    ("probe track --run run --probes probes --store probes", "is also an input"),
+    ("probe track --run run --probes probes --store run/s", "lies inside run"),
+    ("quickstart --out afile", "--out afile", "not a directory"),
+    ("experiment curation --out afile", "not a directory"),
+    ("experiment probes --out afile", "not a directory"),
+    ("curate loop --out run model=run data=train.jsonl", "is also an input"),
+]
+
+
+@pytest.mark.parametrize("line, needles", [(c[0], c[1:]) for c in CLOBBERS], ids=[c[0] for c in CLOBBERS])
+def test_an_output_that_would_clobber_an_input_is_refused_before_any_write(world, capsys, line, needles):
+    before = snapshot(world)
+    assert main(shlex.split(line)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("premem: error: "), err
+    for n in needles:
+        assert n in err[0], err[0]
+    assert snapshot(world) == before
+
+
+def test_data_check_out_over_its_input_exits_2_and_leaves_the_file(tmp_path):
+    src = tmp_path / "train.jsonl"
+    src.write_text(GOOD + "\n")
+    digest = sha256_file(src)
+    for out in ("train.jsonl", "./train.jsonl", str(src)):
+        assert_clean_error(run("data", "check", "--data", "train.jsonl", "--out", out, cwd=tmp_path), "is also an input")
+    assert sha256_file(src) == digest and sorted(os.listdir(tmp_path)) == ["train.jsonl"]
+
+
+KILLED_WRITER = """
+import os, sys
+from premem.files import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_text("half")
+    os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_killed_writers_temporary_is_gone_after_the_next_run(tmp_path):
+    src, out = tmp_path / "train.jsonl", tmp_path / "out.jsonl"
+    src.write_text(GOOD + "\n")
+    subprocess.run([sys.executable, "-c", KILLED_WRITER, str(out)])
+    assert [p.name for p in tmp_path.glob(".out.jsonl.*.tmp")], "the killed writer left nothing to clean"
+    assert run("data", "check", "--data", str(src), "--out", str(out)).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "train.jsonl"]
+
+
+def test_flag_values_are_taken_as_given(tmp_path):
+    src = tmp_path / "exp #2.jsonl"
+    src.write_text(GOOD + "\n")
+    proc = run("data", "check", "--data", "exp #2.jsonl", "--out", "out: #2.jsonl", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["path"] == "exp #2.jsonl"
+    assert (tmp_path / "out: #2.jsonl").is_file()
+    for name in ("yes", "2024", "null"):  # YAML would read a bool, an int, None: each a traceback before
+        (tmp_path / name).write_text(GOOD + "\n")
+        assert_clean_error(run("data", "check", "--data", name, cwd=tmp_path), f"{name}: unknown file type")
+
+
+def parse(line: str):
+    """The command line's arguments as main sees them."""
+    from premem.cli import build_parser
+
+    args, extra = build_parser().parse_known_args(shlex.split(line))
+    args.overrides = extra
+    return args
+
+
+def test_each_verbs_flags_reach_its_config_unparsed():
+    from premem import cli
+    from premem.curate import CurateConfig
+    from premem.data import DataConfig
+    from premem.data.probes import ProbeBuildConfig
+    from premem.sampling.job import ScoreConfig
+    from premem.sampling.probes import ProbeTrackConfig
+    from premem.train.sft import TrainConfig
+
+    cfg = cli._config(ScoreConfig, parse("score --run 2024 --train yes --test no --store 'st #2' --run-name 0123 "
+                                         "--samples 3 --allow-pickle"), cli.SCORE_FLAGS)
+    assert (cfg.run, cfg.train.path, cfg.test.path, cfg.store, cfg.run_name) == ("2024", "yes", "no", "st #2", "0123")
+    assert cfg.sampling.samples == 3 and cfg.options.allow_pickle is True
+    cfg = cli._config(TrainConfig, parse("train --model 'm: x' --train on --out 'exp #2' --run-name 0123"), cli.TRAIN_FLAGS)
+    assert (cfg.model, cfg.train.path, cfg.out, cfg.run_name) == ("m: x", "on", "exp #2", "0123")
+    cfg = cli._config(ProbeTrackConfig, parse("probe track --run 1e3 --store 's #1' --run-name 0123"), cli.PROBE_TRACK_FLAGS)
+    assert (cfg.run, cfg.store, cfg.run_name) == ("1e3", "s #1", "0123")
+    cfg = cli._config(ProbeBuildConfig, parse("probe build --data null --out 'p #1' --n 4"), cli.PROBE_BUILD_FLAGS)
+    assert (cfg.data, cfg.out, cfg.n) == ("null", "p #1", 4)
+    cfg = cli._config(CurateConfig, parse("curate --config configs/curate/gsm8k_paper.yaml --data yes --store 0x10 "
+                                          "--out 'c #2' --run a --run b"), cli.CURATE_FLAGS)
+    assert (cfg.data.path, cfg.store, cfg.out, cfg.runs) == ("yes", "0x10", "c #2", ["a", "b"])
+    assert cfg.params == {"threshold": 0.75, "mode": "select"}  # the rest of the config file stays
+    cfg = cli._config(DataConfig, parse("data check --data '~' --limit 3"), cli.DATA_CHECK_FLAGS)
+    assert (cfg.path, cfg.limit) == ("~", 3)
+    # KEY=VALUE is read by the field's type: a text field keeps its text
+    cfg = cli._config(ScoreConfig, parse("score run_name=0123 store=exp#2 sampling.samples=4"), cli.SCORE_FLAGS)
+    assert (cfg.run_name, cfg.store, cfg.sampling.samples) == ("0123", "exp#2", 4)
+
+
+WRONG_TYPES = [
+    ("train --model m --out o epochs=abc", "TrainConfig.epochs: expected an integer"),
+    ("train --model m --out o sweep.lr=abc", "sweep.lr: expected a list"),
+    ("curate loop --out o sizes=abc", "LoopConfig.sizes: expected a list"),
+    ("score --run r --store s sampling=5", "ScoreConfig.sampling: expected a section"),
+    ("score --run r --store s run_name=[a,b]", "ScoreConfig.run_name: expected text"),
+    ("curate --store s --data d --out o runs=abc", "CurateConfig.runs: expected a list"),
+    ("data check --data d.jsonl fields=abc", "fields: expected a mapping"),
+    ("probe build --data d --out o n=[1]", "ProbeBuildConfig.n: expected an integer"),
+    ("quickstart --out o model=5", "QuickstartConfig.model: expected a section"),
+    ("data check --data a.jsonl path=b.jsonl", "--data and path=b.jsonl both set path"),
+]
+
+
+@pytest.mark.parametrize("line, message", WRONG_TYPES, ids=[w[0] for w in WRONG_TYPES])
+def test_a_key_value_of_the_wrong_type_is_one_line_naming_the_field(tmp_path, monkeypatch, capsys, line, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(line)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+STORE_FILES = [
+    "score --run run --train train.jsonl --store afile",
+    "probe track --run run --probes probes --store afile",
+    "curate --store afile --data train.jsonl --out cur",
+    "report --store afile --out r.html",
+    "predict --store afile",
+    "regrade --store afile",
+]
+
+
+@pytest.mark.parametrize("line", STORE_FILES)
+def test_a_store_that_is_a_file_is_one_line(world, capsys, line):
+    before = snapshot(world)
+    assert main(shlex.split(line)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "afile" in err[0] and "not a directory" in err[0], err
+    assert snapshot(world) == before
+
+
+def test_score_into_a_store_that_is_a_file_exits_2(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "store").write_text("mine\n")
+    proc = run("score", "--run", "run", "--train", "t.jsonl", "--store", "store", cwd=tmp_path)
+    assert_clean_error(proc, "--store store", "not a directory")
+    assert (tmp_path / "store").read_text() == "mine\n"

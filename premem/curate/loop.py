@@ -95,18 +95,15 @@ def loop(cfg: LoopConfig) -> pd.DataFrame:
     """Run every round (resuming finished ones); returns the curation_rounds table."""
     from premem.curate.strategies import get_strategy
 
+    validate(cfg)
     strategy = get_strategy(cfg.strategy, cfg.params)  # bad names and parameters fail before any work
     for key in ("data", "test"):  # a bare path will do
         if isinstance(getattr(cfg, key), (str, Path)):
             setattr(cfg, key, DataConfig(path=str(getattr(cfg, key))))
     start = load_example_set(cfg.data)
     sizes = [len(start.examples)] + list(cfg.sizes)
-    if not cfg.sizes or any(b <= a for a, b in zip(sizes, sizes[1:])):
+    if any(b <= a for a, b in zip(sizes, sizes[1:])):
         raise InputError(f"sizes: expected sizes growing from the start data's {sizes[0]} examples, got {cfg.sizes}")
-    if not 0 < cfg.template_fraction <= 1:
-        raise InputError(f"template_fraction {cfg.template_fraction}: expected a fraction in (0, 1]")
-    if not cfg.model or not Path(cfg.model).is_dir():
-        raise InputError(f"model {cfg.model!r}: the loop needs a base model directory")
     generate = make_generator(cfg.generator, start.grader)
     held_out = set()
     if cfg.test is not None:
@@ -148,6 +145,33 @@ def loop(cfg: LoopConfig) -> pd.DataFrame:
                         templates=made, record=record, k=k + 1, first_id=len(rows))
     table = record.read("curation_rounds")
     return table[table["round"] < len(sizes)].reset_index(drop=True)
+
+
+def validate(cfg: LoopConfig) -> None:
+    """The loop's own numbers and choices, checked before any data is read or anything written
+    (the start data's size, which sizes must grow from, is checked once it is read)."""
+    from premem.sampling.backend import check_execution, check_int, check_number
+    from premem.train.sft import check_config, check_scheduler
+
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"out: {out} exists and is not a directory")
+    if not isinstance(cfg.sizes, list) or not cfg.sizes:
+        raise InputError(f"sizes: expected a non-empty list of training-set sizes, one per round, got {cfg.sizes!r}")
+    for i, n in enumerate(cfg.sizes):
+        check_int(f"sizes[{i}]", n, 1)
+    check_number("template_fraction", cfg.template_fraction, lambda f: 0 < f <= 1, "a fraction in (0, 1]")
+    check_number("tau", cfg.tau, lambda t: True, "a finite number")
+    check_int("seed", cfg.seed, 0)
+    if not cfg.model or not Path(cfg.model).is_dir():
+        raise InputError(f"model {cfg.model!r}: the loop needs a base model directory")
+    try:  # every round trains with these: fail now, not after round 0 is written
+        check_config(dataclasses.replace(cfg.train, model=cfg.model, out=str(out / "round0" / "run")))
+        check_scheduler(cfg.train.lr_scheduler)
+    except InputError as e:
+        raise InputError(f"train.{e}") from None
+    cfg.sampling.validate("sampling.")
+    check_execution(cfg.backend, cfg.options, cfg.actors, 0)
 
 
 # -- one round, shared with the data-efficiency experiment -----------------------------------

@@ -34,8 +34,15 @@ from premem.data import DataConfig
 from premem.data.arith import ArithConfig, generate, similar_problems, write_jsonl
 from premem.errors import InputError
 from premem.files import atomic_path
-from premem.recipes.quickstart import BaseModelConfig, build_base_model, write_benchmark
-from premem.sampling.backend import BackendOptions, SamplingParams
+from premem.recipes.quickstart import (
+    BaseModelConfig,
+    build_base_model,
+    check_base_model,
+    check_benchmark,
+    check_train,
+    write_benchmark,
+)
+from premem.sampling.backend import BackendOptions, SamplingParams, check_int, check_number
 from premem.train.sft import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -88,16 +95,9 @@ class CurationConfig:
 
 def experiment(cfg: CurationConfig) -> pd.DataFrame:
     """Run every strategy's loop for every seed; returns the rounds table (also written to out/)."""
-    from premem.curate.strategies import get_strategy
-
+    validate(cfg)
     strategies = ["random"] + [s for s in cfg.strategies if s != "random"]
-    for name in strategies[1:]:
-        get_strategy(name)  # an unknown name fails now, not after an hour of training
     sizes = [cfg.start] + list(cfg.budgets)
-    if sorted(set(sizes)) != sizes:
-        raise InputError(f"budgets: expected sizes growing from start={cfg.start}, got {cfg.budgets}")
-    if not 0 <= cfg.iid_mix <= 1:
-        raise InputError(f"iid_mix {cfg.iid_mix}: expected a share in [0, 1]")
     out = Path(cfg.out)
     _, test_path = write_benchmark(dataclasses.replace(cfg.benchmark, n_train=0), out / "data")
     # the tokenizer learns the traces' words from problems no run trains on
@@ -128,6 +128,48 @@ def experiment(cfg: CurationConfig) -> pd.DataFrame:
             acc, _ = run_round(cfg, base, data, test_path, out / f"seed{seed}" / f"random/iid{size}", seed, score_train=False)
             rows.append({"seed": seed, "strategy": "random", "round": -1, "examples": len(data), "test_acc": acc})
     return save_rounds(rows, out)
+
+
+def validate(cfg: CurationConfig) -> None:
+    """Every setting, checked before anything is written: one InputError naming the first bad field."""
+    from premem.curate.strategies import get_strategy
+
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"out: {out} exists and is not a directory")
+    check_benchmark(cfg.benchmark, "benchmark.", min_train=0)  # training problems come from the generator
+    check_base_model(cfg.model, "model.")
+    check_train(cfg.train, "train.")
+    check_int("start", cfg.start, 1)
+    _check_sizes("budgets", cfg.budgets, cfg.start, "start", allow_empty=False)
+    _check_sizes("iid_budgets", cfg.iid_budgets, cfg.budgets[-1], "the last budget", allow_empty=True)
+    if not isinstance(cfg.strategies, list) or not cfg.strategies:
+        raise InputError(f"strategies: expected a non-empty list of strategy names, got {cfg.strategies!r}")
+    for name in cfg.strategies:
+        get_strategy(name)  # an unknown name fails now, not after an hour of training
+    if not isinstance(cfg.seeds, list) or not cfg.seeds:
+        raise InputError(f"seeds: expected a non-empty list of seeds, got {cfg.seeds!r}")
+    for i, seed in enumerate(cfg.seeds):
+        check_int(f"seeds[{i}]", seed, 0)
+    if len(set(cfg.seeds)) < len(cfg.seeds):
+        raise InputError(f"seeds: {cfg.seeds} lists a seed twice")
+    check_number("template_fraction", cfg.template_fraction, lambda f: 0 < f <= 1, "a fraction in (0, 1]")
+    if cfg.near is not None:
+        check_int("near", cfg.near, 0)
+    check_number("iid_mix", cfg.iid_mix, lambda m: 0 <= m <= 1, "a share in [0, 1]")
+    check_number("tau", cfg.tau, lambda t: True, "a finite number")
+    cfg.sampling.validate("sampling.")
+    check_int("actors", cfg.actors, 1)
+
+
+def _check_sizes(name: str, sizes, after: int, after_name: str, allow_empty: bool) -> None:
+    """Training-set sizes: integers growing from `after`, each round adding examples."""
+    if not isinstance(sizes, list) or (not sizes and not allow_empty):
+        raise InputError(f"{name}: expected a non-empty list of training-set sizes, got {sizes!r}")
+    for i, n in enumerate(sizes):
+        check_int(f"{name}[{i}]", n, 1)
+    if any(b <= a for a, b in zip([after] + sizes, sizes)):
+        raise InputError(f"{name}: expected sizes growing from {after_name} ({after}), got {sizes}")
 
 
 def save_rounds(rows: list[dict], out: Path) -> pd.DataFrame:

@@ -38,7 +38,15 @@ from premem.data import DataConfig
 from premem.data.arith import ArithConfig, preference_pairs, sft_both, write_jsonl
 from premem.errors import InputError
 from premem.files import atomic_path
-from premem.recipes.quickstart import BaseModelConfig, build_base_model, write_benchmark
+from premem.recipes.quickstart import (
+    BaseModelConfig,
+    build_base_model,
+    check_base_model,
+    check_benchmark,
+    check_train,
+    write_benchmark,
+)
+from premem.sampling.backend import check_int
 from premem.train.sft import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -96,7 +104,7 @@ class SeedResult:
 
 def experiment(cfg: ProbesConfig) -> list[SeedResult]:
     """Train, probe and track every run of every seed; write moves.csv, tables.txt and report.html."""
-    check(cfg)
+    validate(cfg)
     out = Path(cfg.out)
     _, test_path = write_benchmark(cfg.benchmark, out / "data")
     base = build_base_model(cfg.model, cfg.benchmark, out / "base", cfg.progress)
@@ -112,24 +120,40 @@ def experiment(cfg: ProbesConfig) -> list[SeedResult]:
     return results
 
 
-def check(cfg: ProbesConfig) -> None:
-    """Settings that would fail after minutes of training fail now, each with a one-line error."""
+def validate(cfg: ProbesConfig) -> None:
+    """Every setting, checked before anything is written: one InputError naming the first bad field
+    (settings that would fail after minutes of training fail now)."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"out: {out} exists and is not a directory")
+    check_benchmark(cfg.benchmark, "benchmark.", min_train=0)  # its test split gives the irrelevant responses
+    check_base_model(cfg.model, "model.")
     if cfg.rejected not in REJECTED_KINDS:
         raise InputError(f"rejected {cfg.rejected!r}: expected one of {', '.join(REJECTED_KINDS)}")
     if cfg.dpo.method != "dpo":
         raise InputError(f"dpo.method {cfg.dpo.method!r}: the DPO runs must use method=dpo")
     if cfg.sft.method != "sft":
         raise InputError(f"sft.method {cfg.sft.method!r}: the SFT runs must use method=sft")
+    check_train(cfg.sft, "sft.", method="sft")
+    check_train(cfg.dpo, "dpo.", method="dpo")
     if cfg.sft.save_every != "doubling":
         raise InputError(f"sft.save_every {cfg.sft.save_every!r}: the DPO starts are found by epoch; use doubling")
     doubling = {2**i for i in range(cfg.sft.epochs.bit_length())} | {cfg.sft.epochs}
-    bad = [e for e in cfg.dpo_from if e not in doubling]
-    if bad or not cfg.dpo_from:
-        raise InputError(f"dpo_from {cfg.dpo_from}: expected SFT epochs that are checkpointed ({sorted(doubling)})")
+    bad = [e for e in cfg.dpo_from if e not in doubling] if isinstance(cfg.dpo_from, list) else [cfg.dpo_from]
+    if bad or not cfg.dpo_from or len(set(cfg.dpo_from)) < len(cfg.dpo_from):
+        raise InputError(f"dpo_from {cfg.dpo_from}: expected SFT epochs that are checkpointed ({sorted(doubling)}), "
+                         "each once")
+    check_int("probes", cfg.probes, 1)
+    check_int("pairs", cfg.pairs, 1)
     if cfg.pairs < 2 * cfg.probes:
         raise InputError(f"pairs {cfg.pairs}: need at least twice the {cfg.probes} probe prompts")
-    if not cfg.seeds:
+    if not isinstance(cfg.seeds, list) or not cfg.seeds:
         raise InputError("seeds: expected at least one seed")
+    for i, seed in enumerate(cfg.seeds):
+        check_int(f"seeds[{i}]", seed, 0)
+    if len(set(cfg.seeds)) < len(cfg.seeds):
+        raise InputError(f"seeds: {cfg.seeds} lists a seed twice")
+    check_int("actors", cfg.actors, 1)
 
 
 def run_seed(cfg: ProbesConfig, base: Path, test_path: Path, seed: int) -> SeedResult:

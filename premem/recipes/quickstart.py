@@ -27,8 +27,8 @@ from premem.data import DataConfig, load_example_set
 from premem.data.arith import ArithConfig, generate, pretraining_texts, write_jsonl
 from premem.errors import InputError
 from premem.files import atomic_path
-from premem.sampling.backend import BackendOptions, SamplingParams
-from premem.train.sft import SweepConfig, TrainConfig
+from premem.sampling.backend import BackendOptions, SamplingParams, check_int, check_number
+from premem.train.sft import SweepConfig, TrainConfig, check_config, check_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ class QuickstartConfig:
     """How answers are sampled at every checkpoint."""
     actors: int = 2
     """Ray sampler actors (one thread each)."""
-    tau: str | float = "auto"
-    """Memorization threshold on log(log(ppl)), or auto (chosen by nested leave-one-run-out)."""
+    tau: str | float | None = None
+    """Memorization threshold on log(log(ppl)), auto (chosen by nested leave-one-run-out), or unset: the default
+    premem predict and report use (auto where at least 3 runs have test scores, else the paper's -2.3)."""
     curate_fraction: float = 0.25
     """Share of the training examples, lowest pre-memorization accuracy first, in curated/ (premem curate's output)."""
     progress: bool = True
@@ -99,7 +100,7 @@ class QuickstartResult:
 
 def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     """Run every stage into cfg.out, reusing what an earlier invocation finished."""
-    check(cfg)
+    validate(cfg)
     out = Path(cfg.out)
     seconds: dict[str, float] = {}
 
@@ -122,7 +123,7 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     from premem.store import ScoreStore
 
     curves = TrainingCurves.from_store(ScoreStore(store))
-    prediction = predict(curves, cfg.tau)
+    prediction = predict(curves, cfg.tau)  # tau unset: the rule predict and report share, so all three agree
     prediction_scatter(prediction, out / "predict.png")
     stage("curate")
     from premem.curate import CurateConfig, curate
@@ -144,23 +145,88 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     return QuickstartResult(out, [d.name for d in run_dirs], prediction, report, curated, took)
 
 
-def check(cfg: QuickstartConfig) -> None:
-    """Settings that would only fail minutes in fail now, before anything is written."""
+def validate(cfg: QuickstartConfig) -> None:
+    """Every setting, checked before anything is written: one InputError naming the first bad field."""
+    from premem.metrics.predict import AUTO_MIN_RUNS, check_tau  # sklearn: imported only when needed
+
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"out: {out} exists and is not a directory")
-    if not 0 < cfg.curate_fraction <= 1:
-        raise InputError(f"curate_fraction: expected a number in (0, 1], got {cfg.curate_fraction!r}")
-    if cfg.tau != "auto" and (isinstance(cfg.tau, bool) or not isinstance(cfg.tau, (int, float))):
-        raise InputError(f"tau: expected a number or auto, got {cfg.tau!r}")
-    if cfg.actors < 1:
-        raise InputError(f"actors: expected at least 1, got {cfg.actors!r}")
+    check_benchmark(cfg.benchmark, "benchmark.", min_train=1)
+    check_base_model(cfg.model, "model.")
+    check_train(cfg.train, "train.")
+    check_sweep(cfg.sweep, "sweep.")
+    cfg.sampling.validate("sampling.")
+    check_int("actors", cfg.actors, 1)
+    tau = check_tau(cfg.tau)
+    check_number("curate_fraction", cfg.curate_fraction, lambda f: 0 < f <= 1, "a number in (0, 1]")
     n_runs = 1
     for values in (cfg.sweep.lr, cfg.sweep.epochs, cfg.sweep.data_fraction, cfg.sweep.seed):
         n_runs *= len(values) if values else 1
-    if n_runs < (3 if cfg.tau == "auto" else 2):
-        raise InputError(f"sweep: {n_runs} run(s) is too few to predict test accuracy across runs "
-                         f"(tau={cfg.tau} needs {3 if cfg.tau == 'auto' else 2})")
+    need = AUTO_MIN_RUNS if tau == "auto" else 2
+    if n_runs < need:
+        raise InputError(f"sweep: {n_runs} run(s) is too few to predict test accuracy across runs (needs {need}"
+                         + (", tau=auto chooses tau on the others)" if tau == "auto" else ")"))
+
+
+# -- checks every recipe shares (curation and probes use them too) ----------------------------
+
+
+def check_benchmark(b: ArithConfig, prefix: str, min_train: int) -> None:
+    check_int(prefix + "n_train", b.n_train, min_train)
+    check_int(prefix + "n_test", b.n_test, 1)
+    steps = list(b.steps) if isinstance(b.steps, (list, tuple)) else None
+    if not (steps and len(steps) == 2 and all(isinstance(n, int) and not isinstance(n, bool) for n in steps)
+            and 1 <= steps[0] <= steps[1]):
+        raise InputError(f"{prefix}steps: expected [fewest, most] operations per problem, 1 <= fewest <= most, "
+                         f"got {b.steps!r}")
+    check_int(prefix + "max_number", b.max_number, 2)  # a problem starts with 2..max_number things
+    check_int(prefix + "max_operand", b.max_operand, 1)
+    check_int(prefix + "phrasings", b.phrasings, 1)
+    if b.phrasings > 6:
+        raise InputError(f"{prefix}phrasings: expected 1..6 (the phrasings each step has), got {b.phrasings!r}")
+    check_int(prefix + "seed", b.seed, 0)
+
+
+def check_base_model(m: BaseModelConfig, prefix: str) -> None:
+    for name, least in (("hidden_size", 1), ("layers", 1), ("heads", 1), ("pretrain_steps", 1),
+                        ("pretrain_problems", 0), ("fact_passes", 1), ("seed", 0)):
+        check_int(prefix + name, getattr(m, name), least)
+    if m.hidden_size % m.heads:
+        raise InputError(f"{prefix}hidden_size: {m.hidden_size} is not a multiple of heads ({m.heads})")
+    check_int(prefix + "vocab_size", m.vocab_size, 260)  # byte-level BPE: 256 bytes and 4 special tokens at least
+    check_number(prefix + "pretrain_lr", m.pretrain_lr, lambda lr: lr > 0, "a number > 0")
+
+
+def check_train(t: TrainConfig, prefix: str, method: str = "sft") -> None:
+    """A recipe's training settings (model, data and out are the recipe's own), with train's own checks."""
+    try:
+        check_config(dataclasses.replace(t, model=t.model or "base", out=t.out or "runs"))
+        check_scheduler(t.lr_scheduler)
+    except InputError as e:
+        raise InputError(f"{prefix}{e}") from None
+    if t.method != method:
+        raise InputError(f"{prefix}method {t.method!r}: these runs must use method={method}")
+
+
+def check_sweep(sweep: SweepConfig, prefix: str) -> None:
+    """Each list of the grid: non-empty where given, no value twice, every value one a run can take."""
+    rules = {
+        "lr": lambda name, v: check_number(name, v, lambda lr: lr > 0, "a number > 0"),
+        "epochs": lambda name, v: check_int(name, v, 1),
+        "data_fraction": lambda name, v: check_number(name, v, lambda f: 0 < f <= 1, "a number in (0, 1]"),
+        "seed": lambda name, v: check_int(name, v, 0),
+    }
+    for key, check in rules.items():
+        values = getattr(sweep, key)
+        if values is None:
+            continue
+        if not isinstance(values, list) or not values:
+            raise InputError(f"{prefix}{key}: expected a non-empty list, got {values!r}")
+        for i, v in enumerate(values):
+            check(f"{prefix}{key}[{i}]", v)
+        if len(set(values)) < len(values):
+            raise InputError(f"{prefix}{key}: {values} lists a value twice (the same run twice)")
 
 
 def write_benchmark(cfg: ArithConfig, data_dir: Path) -> tuple[Path, Path]:

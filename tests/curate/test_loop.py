@@ -185,3 +185,25 @@ def test_loop_bad_settings_are_one_line_errors(tmp_path, capsys):
     assert main(common + ["sizes=[30]", "generator.kind=python", "generator.function=nofile.py:f"]) == 2
     assert "nofile.py does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sizes=[]", "sizes: expected a non-empty list of training-set sizes"),
+    ("sizes=[-5]", "sizes[0]: expected an integer >= 1, got -5"),
+    ("template_fraction=0", "template_fraction: expected a fraction in (0, 1], got 0.0"),
+    ("seed=-1", "seed: expected an integer >= 0, got -1"),
+    ("train.lr=0", "train.lr: expected a value above 0, got 0.0"),
+    ("train.epochs=0", "train.epochs: expected a value at least 1, got 0"),
+    ("sampling.samples=0", "sampling.samples: expected an integer >= 1, got 0"),
+    ("options.threads=0", "options.threads: expected an integer >= 1, got 0"),
+    ("backend=nosuch", "backend: unknown backend 'nosuch'"),
+    ("actors=0", "actors: expected an integer >= 1, got 0"),
+])
+def test_loop_settings_are_checked_before_anything_is_read_or_written(tmp_path, capsys, override, message):
+    """A missing start data file proves the order: the settings fail first, and nothing is written."""
+    args = ["curate", "loop", "--out", str(tmp_path / "out"), f"data={tmp_path / 'absent.jsonl'}",
+            f"model={tmp_path}", "sizes=[30]", override]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()

@@ -58,3 +58,41 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert set(mixed["strategy"]) == {"random", "premem_low", "premem_low-mix0.5"}
     collected = pd.read_json(out / "seed0" / "premem_low-mix0.5" / "round1" / "collected.jsonl", lines=True)
     assert (collected["template_id"] == -1).sum() == 6 and len(collected) == 12
+
+
+@pytest.mark.parametrize("override, message", [
+    ("start=0", "start: expected an integer >= 1, got 0"),
+    ("budgets=[]", "budgets: expected a non-empty list of training-set sizes, got []"),
+    ("budgets=[256,128]", "budgets: expected sizes growing from start (128), got [256, 128]"),
+    ("budgets=[-5]", "budgets[0]: expected an integer >= 1, got -5"),
+    ("iid_budgets=[400]", "iid_budgets: expected sizes growing from the last budget (512), got [400]"),
+    ("strategies=[]", "strategies: expected a non-empty list of strategy names"),
+    ("strategies=[nosuch]", "unknown strategy"),
+    ("seeds=[]", "seeds: expected a non-empty list of seeds"),
+    ("seeds=[0,0]", "seeds: [0, 0] lists a seed twice"),
+    ("template_fraction=0", "template_fraction: expected a fraction in (0, 1], got 0.0"),
+    ("near=-1", "near: expected an integer >= 0, got -1"),
+    ("iid_mix=1.5", "iid_mix: expected a share in [0, 1], got 1.5"),
+    ("benchmark.n_test=0", "benchmark.n_test: expected an integer >= 1, got 0"),
+    ("model.layers=0", "model.layers: expected an integer >= 1, got 0"),
+    ("train.batch_size=0", "train.batch_size: expected a value at least 1, got 0"),
+    ("sampling.top_p=0", "sampling.top_p: expected a number in (0, 1]"),
+    ("actors=-1", "actors: expected an integer >= 1, got -1"),
+])
+def test_every_setting_is_checked_before_anything_is_written(tmp_path, override, message):
+    from premem.errors import InputError
+
+    cfg = load_config(CurationConfig, None, [f"out={tmp_path / 'cur'}", override])
+    with pytest.raises(InputError) as e:
+        experiment(cfg)  # validate() runs first: an error here has written nothing
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("tau", [float("inf"), float("nan")])
+def test_a_non_finite_tau_from_python_is_refused(tmp_path, tau):
+    from premem.errors import InputError
+
+    with pytest.raises(InputError, match="tau: expected a finite number"):
+        experiment(CurationConfig(out=str(tmp_path / "cur"), tau=tau))
+    assert list(tmp_path.iterdir()) == []

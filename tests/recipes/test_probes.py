@@ -73,6 +73,15 @@ def test_tiny_probe_experiment_end_to_end(tmp_path, capsys):
     ("dpo_from=[3]", r"dpo_from \[3\]: expected SFT epochs that are checkpointed \(\[1, 2\]\)"),
     ("dpo.method=sft", "dpo.method 'sft': the DPO runs must use method=dpo"),
     ("pairs=6", "pairs 6: need at least twice the 4 probe prompts"),
+    ("probes=0", r"probes: expected an integer >= 1, got 0"),
+    ("seeds=[]", "seeds: expected at least one seed"),
+    ("seeds=[0,0]", r"seeds: \[0, 0\] lists a seed twice"),
+    ("benchmark.n_test=0", r"benchmark.n_test: expected an integer >= 1, got 0"),
+    ("model.pretrain_steps=-1", r"model.pretrain_steps: expected an integer >= 1, got -1"),
+    ("sft.lr=-1", r"sft.lr: expected a value above 0, got -1.0"),
+    ("dpo.beta=0", r"dpo.beta: expected a value above 0, got 0.0"),
+    ("dpo_from=[1,1]", r"dpo_from \[1, 1\]: expected SFT epochs that are checkpointed"),
+    ("actors=0", r"actors: expected an integer >= 1, got 0"),
 ])
 def test_bad_settings_fail_before_anything_is_written(tmp_path, capsys, bad, message):
     out = tmp_path / "probes"

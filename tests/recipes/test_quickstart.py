@@ -74,7 +74,8 @@ def test_second_invocation_reuses_finished_work(first):
     [
         (["sweep.lr=[fast]"], "sweep.lr[0]: expected a number"),
         (["curate_fraction=2"], "curate_fraction: expected a number in (0, 1]"),
-        (["sweep.lr=[1e-3,3e-3]", "sweep.epochs=[4]", "sweep.data_fraction=[1.0]"], "sweep: 2 run(s) is too few"),
+        (["sweep.lr=[1e-3]", "sweep.epochs=[4]", "sweep.data_fraction=[1.0]"], "sweep: 1 run(s) is too few"),
+        (["benchmark.n_train=-5"], "benchmark.n_train: expected an integer >= 1, got -5"),  # issue 12
     ],
 )
 def test_quickstart_cli_rejects_bad_settings_before_writing(tmp_path, override, message):
@@ -86,3 +87,35 @@ def test_quickstart_cli_rejects_bad_settings_before_writing(tmp_path, override, 
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("benchmark.n_test=0", "benchmark.n_test: expected an integer >= 1, got 0"),
+    ("benchmark.steps=[3,2]", "benchmark.steps: expected [fewest, most] operations per problem"),
+    ("benchmark.phrasings=0", "benchmark.phrasings: expected an integer >= 1, got 0"),
+    ("model.heads=3", "model.hidden_size: 64 is not a multiple of heads (3)"),
+    ("model.vocab_size=100", "model.vocab_size: expected an integer >= 260, got 100"),
+    ("model.pretrain_lr=0", "model.pretrain_lr: expected a number > 0, got 0.0"),
+    ("train.lr=-1", "train.lr: expected a value above 0, got -1.0"),
+    ("train.epochs=0", "train.epochs: expected a value at least 1, got 0"),
+    ("train.lr_scheduler=zigzag", "train.lr_scheduler: unknown schedule 'zigzag'"),
+    ("train.method=dpo", "train.method 'dpo': these runs must use method=sft"),
+    ("sweep.lr=[]", "sweep.lr: expected a non-empty list, got []"),
+    ("sweep.epochs=[0,2]", "sweep.epochs[0]: expected an integer >= 1, got 0"),
+    ("sweep.data_fraction=[0.5,1.5]", "sweep.data_fraction[1]: expected a number in (0, 1], got 1.5"),
+    ("sweep.lr=[1e-3,1e-3]", "sweep.lr: [0.001, 0.001] lists a value twice"),
+    ("sampling.samples=0", "sampling.samples: expected an integer >= 1, got 0"),
+    ("actors=0", "actors: expected an integer >= 1, got 0"),
+    ("tau=.nan", "tau: expected a finite number or 'auto'"),
+    ("curate_fraction=0", "curate_fraction: expected a number in (0, 1], got 0.0"),
+])
+def test_every_setting_is_checked_before_anything_is_written(tmp_path, override, message):
+    from premem.errors import InputError
+    from premem.recipes.quickstart import validate
+
+    cfg = load_config(QuickstartConfig, None, [f"out={tmp_path / 'q'}", override])
+    with pytest.raises(InputError) as e:
+        quickstart(cfg)  # validate() runs first: an error here has written nothing
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert os.listdir(tmp_path) == []
+    validate(load_config(QuickstartConfig, None, [f"out={tmp_path / 'q'}"]))  # the defaults pass
