@@ -407,8 +407,16 @@ def cmd_probe_show(args: argparse.Namespace) -> int:
 # -- the parser --------------------------------------------------------------------------------
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse's parser with its errors (a bad --tau, a missing --store, an unknown flag) as premem's own:
+    one line on stderr, exit code 2, with where to look instead of the usage block. Its subparsers are the same."""
+
+    def error(self, message: str):
+        self.exit(2, f"premem: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="premem",
         description="Pre-memorization data curation for LLM finetuning: score runs, predict test accuracy, curate data.",
     )

@@ -64,10 +64,24 @@ def test_predict_store_missing_a_column_writes_nothing(tmp_path, synthetic_store
 
 def test_predict_bad_tau_and_bad_plot_name(tmp_path, synthetic_store):
     proc = run("predict", "--store", str(synthetic_store.root), "--tau", "often")
-    assert proc.returncode == 2 and "expected a finite number or 'auto'" in proc.stderr
+    assert_clean_error(proc, "--tau", "expected a finite number or 'auto'", "premem predict --help")
     proc = run("predict", "--store", str(synthetic_store.root), "--plot", str(tmp_path / "p.txt"))
     assert_clean_error(proc, "p.txt")
     assert not (tmp_path / "p.txt").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["predict", "--store", "s", "--tau", "nan"], "--tau"),
+    (["report", "--store", "s", "--tau", "inf"], "--tau"),
+    (["score", "--samples", "three"], "--samples"),
+    (["score", "--backend", "tpu"], "--backend"),
+    (["predict"], "--store"),
+    (["score", "--bogus"], "--bogus"),
+    (["nonsense"], "nonsense"),
+])
+def test_argument_errors_are_one_line(argv, needle):
+    """argparse's own refusals (bad type, bad choice, missing or unknown flag) read like every other error."""
+    assert_clean_error(run(*argv), needle)
 
 
 # -- premem data check ---------------------------------------------------------------------
