@@ -57,6 +57,8 @@ class ProbeTrackConfig:
     """Also track this model (the run's starting model) as step 0, so the first row is before training."""
     run_name: str | None = None
     """Name of the run in the store (default: the run directory's name)."""
+    base_model: str | None = None
+    """Base model directory for LoRA adapters (default: what adapter_config.json names)."""
     backend: str = "hf"
     """hf (transformers) or vllm."""
     options: BackendOptions = field(default_factory=BackendOptions)
@@ -182,7 +184,7 @@ def track(cfg: ProbeTrackConfig) -> TrackSummary:
         from premem.data import DataConfig, load_example_set
 
         check_probes_match(probes, load_example_set(DataConfig(path=cfg.data)))
-    checkpoints = find_checkpoints(cfg.run, cfg.run_name, allow_pickle=cfg.options.allow_pickle)
+    checkpoints = find_checkpoints(cfg.run, cfg.run_name, cfg.base_model, allow_pickle=cfg.options.allow_pickle)
     run = checkpoints[0].run
     if cfg.base:
         if checkpoints[0].step == 0:

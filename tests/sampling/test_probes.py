@@ -216,3 +216,30 @@ def test_a_bad_track_setting_is_refused_before_anything_is_read_or_written(tmp_p
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"premem: error: {setting}: ") and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lora_run_whose_base_is_elsewhere_is_tracked_with_base_model(work, tmp_path):
+    """adapter_config.json names a base that is not on this machine: one line saying so and what to set;
+    base_model=DIR then tracks the adapter on that base (the message's advice works for probe track too)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(work["model"]),
+                          LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "run" / "checkpoint-1")
+    config = tmp_path / "run" / "checkpoint-1" / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": "some-org/base"}))
+    shutil.copy(work["model"] / "tokenizer.json", tmp_path / "run")
+    shutil.copy(work["model"] / "tokenizer_config.json", tmp_path / "run")
+    argv = ["probe", "track", "--run", str(tmp_path / "run"), "--probes", str(work["probes"]), "--store",
+            str(tmp_path / "store"), "progress=false"]
+    with pytest.raises(Exception) as refused:
+        from premem.sampling.probes import ProbeTrackConfig, track
+
+        track(ProbeTrackConfig(run=str(tmp_path / "run"), probes=str(work["probes"]), store=str(tmp_path / "store"),
+                               progress=False))
+    assert "adapter_config.json" in str(refused.value) and "base_model=" in str(refused.value)
+    assert not (tmp_path / "store").exists()
+    assert main([*argv, f"base_model={work['model']}"]) == 0
+    scores = ScoreStore(tmp_path / "store").read("probe_scores")
+    assert set(scores["step"]) == {1} and scores["sum_logprob"].notna().all()
