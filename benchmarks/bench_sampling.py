@@ -18,6 +18,8 @@ Model loading and engine start-up are not timed: each setting is warmed up first
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import json
 import os
 import statistics
@@ -29,6 +31,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+POOLS = contextlib.ExitStack()  # actor pools, closed at exit
+atexit.register(POOLS.close)
 sys.path.insert(0, str(REPO))
 
 
@@ -115,7 +119,8 @@ def premem_actors(model_dir: Path, prompt_ids, k: int, max_new: int, actors: int
     ckpt = find_checkpoints(model_dir)[0]
     params = SamplingParams(samples=k, max_new_tokens=max_new, stop=[])
     ray_init(None, num_cpus=os.cpu_count())
-    pool = start_actors(actors, "hf", BackendOptions(threads=threads, batch_size=batch), params)
+    # the pool lives until the benchmark ends (its actors are killed then), across the timed repeats
+    pool = POOLS.enter_context(start_actors(actors, "hf", BackendOptions(threads=threads, batch_size=batch), params))
     shard = 16
     tasks = [
         Task(ckpt, "test", i // shard, list(range(i, i + shard)), prompt_ids[i : i + shard], None,

@@ -9,7 +9,7 @@ the tiny benchmark with a plain transformers `Trainer` (full weights, sharded sa
     base/                          the base model
     runs/full-lr1e-3/, runs/full-lr3e-3/, runs/lora/   checkpoint-<step>/ every epoch
 
-    python benchmarks/own_runs.py OUT [--base premem-quickstart/base] [--epochs 16]   # 1-3 minutes on 2 cores
+    python benchmarks/own_runs.py OUT [--base premem-quickstart/base] [--epochs 32]   # 2-4 minutes on 2 cores
 
 A tiny model is far below the 50 GB at which `save_pretrained` starts a new shard, so the shard size
 is lowered for these runs: the files are what a large model's Trainer run holds.
@@ -62,9 +62,9 @@ def collate(batch, pad_id: int):
 def finetune(model, tokenizer, rows: list[dict], out: Path, lr: float, epochs: int, checkpoints: int) -> None:
     from transformers import Trainer, TrainingArguments
 
-    steps = epochs * -(-len(rows) // 16)
+    steps = epochs * -(-len(rows) // 8)
     args = TrainingArguments(
-        output_dir=str(out), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=16,
+        output_dir=str(out), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=8,
         save_strategy="steps", save_steps=-(-steps // checkpoints), logging_strategy="no", report_to=[], use_cpu=True,
         seed=0, disable_tqdm=True,
     )
@@ -77,7 +77,7 @@ def finetune(model, tokenizer, rows: list[dict], out: Path, lr: float, epochs: i
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--epochs", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=32)
     ap.add_argument("--checkpoints", type=int, default=4, help="checkpoints per run, evenly spaced")
     ap.add_argument("--base", type=Path, help="start from this model (e.g. premem-quickstart/base) instead of "
                     "building and pretraining one")
@@ -114,7 +114,7 @@ def main() -> int:
     out = args.out / "runs" / "lora"
     if not out.exists():
         lora = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                              LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+                              LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
         finetune(lora, tokenizer, train, out, 2e-2, args.epochs, args.checkpoints)  # LoRA wants a larger lr
     for run in sorted((args.out / "runs").iterdir()):
         ckpts = sorted((p.name for p in run.glob("checkpoint-*")), key=lambda n: int(n.split("-")[1]))

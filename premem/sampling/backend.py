@@ -68,7 +68,9 @@ class TargetLogprob:
     def perplexity(self) -> float:
         import math
 
-        return math.exp(-self.sum_logprob / self.n_tokens)
+        # a summed log-probability is <= 0; float rounding on a memorized trace can land a hair above,
+        # and the store refuses a perplexity below 1 as impossible
+        return math.exp(max(-self.sum_logprob, 0.0) / self.n_tokens)
 
 
 class Backend(Protocol):
