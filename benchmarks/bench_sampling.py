@@ -95,11 +95,18 @@ def premem_backend(name: str, model_dir: Path, prompt_ids, k: int, max_new: int,
     return lambda: sum(c.n_tokens for comps in backend.generate(prompt_ids, params, seeds) for c in comps)
 
 
-def raw_vllm(model_dir: Path, prompt_ids, k: int, max_new: int):
+def raw_vllm(model_dir: Path, prompt_ids, k: int, max_new: int, threads: int):
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    llm = LLM(model=str(model_dir), dtype="float32", seed=0, max_model_len=512, disable_log_stats=True)
+    from premem.sampling.backend import BackendOptions
+    from premem.sampling.vllm_backend import _cpu_environment, _environment
+
+    # the same engine settings premem gives vLLM on CPU (a fixed KV cache, OpenMP threads bound to the cores):
+    # the engine's default, a share of host memory, refuses to start when other processes hold a few GiB
+    with _environment(_cpu_environment(threads, os.environ)):
+        llm = LLM(model=str(model_dir), dtype="float32", seed=0, max_model_len=512, disable_log_stats=True,
+                  kv_cache_memory_bytes=int(BackendOptions().kv_cache_gib * 2**30), enable_chunked_prefill=False)
     params = SamplingParams(n=k, temperature=0.8, top_p=0.95, max_tokens=max_new, ignore_eos=False)
     prompts = [TokensPrompt(prompt_token_ids=p) for p in prompt_ids]
 
@@ -179,8 +186,10 @@ def main() -> None:
     record("premem score path, 1 actor x 1 thread", premem_actors(model_dir, ids, k, m, 1, 1, b))
     import ray
 
+    POOLS.close()  # kill this setting's actors while their Ray session is up
     ray.shutdown()
     record("premem score path, 2 actors x 1 thread", premem_actors(model_dir, ids, k, m, 2, 1, b))
+    POOLS.close()  # kill this setting's actors while their Ray session is up
     ray.shutdown()
     if not args.no_vllm:
         try:
@@ -188,7 +197,7 @@ def main() -> None:
         except ImportError:
             print("  (vLLM not installed: skipping the vLLM comparison)")
         else:
-            record("raw vllm LLM.generate", raw_vllm(model_dir, ids, k, m))
+            record("raw vllm LLM.generate", raw_vllm(model_dir, ids, k, m, cores))
             record("premem vllm backend", premem_backend("vllm", model_dir, ids, k, m, cores, b))
 
     r = results

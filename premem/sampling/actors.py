@@ -211,8 +211,9 @@ def actor_pool(actor_cls: type, n: int, args: tuple, threads: int, gpus_per_acto
         wait_ready(actors, threads, gpus_per_actor, timeout)
         yield actors
     finally:
-        for a in actors:
-            ray.kill(a)
+        if ray.is_initialized():  # a Ray shut down inside the block took its actors with it
+            for a in actors:
+                ray.kill(a)
 
 
 def check_resources(n: int, cpus: float, gpus: float) -> None:
