@@ -62,7 +62,10 @@ def build_workspace(ws: Path) -> None:
     import pandas as pd
 
     from premem.data import arith
+    from premem.logs import quiet_libraries
     from premem.store import ScoreStore
+
+    quiet_libraries(False)  # transformers' loading bars are not the battery's business
     from premem.train.tiny import build_tiny_model
 
     cfg = arith.ArithConfig(n_train=24, n_test=8, seed=0)
