@@ -148,6 +148,21 @@ def premem_actors(model_dir: Path, prompt_ids, k: int, max_new: int, actors: int
     return run
 
 
+def hf_settings(record, model_dir, ids, k: int, m: int, b: int, cores: int) -> None:
+    """The transformers settings: raw loop and premem's backend, in one process and on Ray actors."""
+    import ray
+
+    record(f"raw generate loop, {cores} threads", raw_hf(model_dir, ids, k, m, cores, b))
+    record(f"premem hf backend, {cores} threads", premem_backend("hf", model_dir, ids, k, m, cores, b))
+    record("raw generate loop, 1 thread", raw_hf(model_dir, ids, k, m, 1, b))
+    record("premem score path, 1 actor x 1 thread", premem_actors(model_dir, ids, k, m, 1, 1, b))
+    POOLS.close()  # kill this setting's actors while their Ray session is up
+    ray.shutdown()
+    record("premem score path, 2 actors x 1 thread", premem_actors(model_dir, ids, k, m, 2, 1, b))
+    POOLS.close()
+    ray.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="HF model directory (default: build a tiny Llama)")
@@ -157,6 +172,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-vllm", action="store_true")
+    ap.add_argument("--only-vllm", action="store_true", help="time vLLM, raw and premem's, and nothing else")
     args = ap.parse_args()
 
     prompts, texts = gsm8k_prompts(args.prompts)
@@ -180,17 +196,8 @@ def main() -> None:
         print(f"  {name:<36} {tokens:>7} tokens  {seconds:7.2f} s  {tokens / seconds:9.0f} tok/s", flush=True)
 
     cores = os.cpu_count() or 1
-    record(f"raw generate loop, {cores} threads", raw_hf(model_dir, ids, k, m, cores, b))
-    record(f"premem hf backend, {cores} threads", premem_backend("hf", model_dir, ids, k, m, cores, b))
-    record("raw generate loop, 1 thread", raw_hf(model_dir, ids, k, m, 1, b))
-    record("premem score path, 1 actor x 1 thread", premem_actors(model_dir, ids, k, m, 1, 1, b))
-    import ray
-
-    POOLS.close()  # kill this setting's actors while their Ray session is up
-    ray.shutdown()
-    record("premem score path, 2 actors x 1 thread", premem_actors(model_dir, ids, k, m, 2, 1, b))
-    POOLS.close()  # kill this setting's actors while their Ray session is up
-    ray.shutdown()
+    if not args.only_vllm:
+        hf_settings(record, model_dir, ids, k, m, b, cores)
     if not args.no_vllm:
         try:
             import vllm  # noqa: F401
@@ -201,12 +208,13 @@ def main() -> None:
             record("premem vllm backend", premem_backend("vllm", model_dir, ids, k, m, cores, b))
 
     r = results
-    best_single = max(r[f"raw generate loop, {cores} threads"], r["raw generate loop, 1 thread"])
     print("\nratios")
-    print(f"  premem hf backend / raw generate loop        {r[f'premem hf backend, {cores} threads'] / r[f'raw generate loop, {cores} threads']:.2f}x")
-    print(f"  premem score path (1 actor) / raw, 1 thread  {r['premem score path, 1 actor x 1 thread'] / r['raw generate loop, 1 thread']:.2f}x")
-    print(f"  2 actors / best single-process setting       {r['premem score path, 2 actors x 1 thread'] / best_single:.2f}x")
-    print(f"  2 actors / 1 actor                           {r['premem score path, 2 actors x 1 thread'] / r['premem score path, 1 actor x 1 thread']:.2f}x")
+    if not args.only_vllm:
+        best_single = max(r[f"raw generate loop, {cores} threads"], r["raw generate loop, 1 thread"])
+        print(f"  premem hf backend / raw generate loop        {r[f'premem hf backend, {cores} threads'] / r[f'raw generate loop, {cores} threads']:.2f}x")
+        print(f"  premem score path (1 actor) / raw, 1 thread  {r['premem score path, 1 actor x 1 thread'] / r['raw generate loop, 1 thread']:.2f}x")
+        print(f"  2 actors / best single-process setting       {r['premem score path, 2 actors x 1 thread'] / best_single:.2f}x")
+        print(f"  2 actors / 1 actor                           {r['premem score path, 2 actors x 1 thread'] / r['premem score path, 1 actor x 1 thread']:.2f}x")
     if "raw vllm LLM.generate" in r:
         print(f"  premem vllm backend / raw vllm               {r['premem vllm backend'] / r['raw vllm LLM.generate']:.2f}x")
 
