@@ -35,6 +35,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from premem.errors import InputError
 from premem.files import atomic_path
 
 NAMES = (
@@ -135,12 +136,27 @@ def generate(cfg: ArithConfig) -> tuple[list[dict], list[dict]]:
     rng = random.Random(cfg.seed)
     seen: set[str] = set()
     out: list[dict] = []
+    misses = 0
     while len(out) < cfg.n_train + cfg.n_test:
         p = problem(rng, cfg)
         if p["question"] not in seen:
             seen.add(p["question"])
             out.append(p)
+            misses = 0
+        else:
+            misses += 1
+            check_room(misses, len(out), cfg.n_train + cfg.n_test)
     return out[: cfg.n_train], out[cfg.n_train :]
+
+
+MAX_MISSES = 10_000  # draws in a row that repeat a question: the settings allow no more distinct problems
+
+
+def check_room(misses: int, have: int, want: int) -> None:
+    """Refuse, rather than loop forever, when the settings cannot make `want` distinct problems."""
+    if misses >= MAX_MISSES:
+        raise InputError(f"benchmark: only about {have} distinct problems fit these settings (max_number, max_operand, "
+                         f"steps), not the {want} asked for (n_train + n_test); ask for fewer or widen the ranges")
 
 
 STEP = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)")
@@ -178,8 +194,11 @@ def similar_problems(answers: list[str], cfg: ArithConfig, seed: int, avoid: set
             p = problem(rng, cfg, ops, like, near or 0)
             if p["question"] not in avoid and (ops is None or structure(p["answer"]) == ops):
                 break
+        misses = 0
         while p["question"] in avoid:  # names and things alone make hundreds of questions
             p = problem(rng, cfg, ops, like, near or 0)
+            misses += 1
+            check_room(misses, len(avoid), len(avoid) + 1)
         avoid = avoid | {p["question"]}
         out.append(p)
     return out
@@ -246,11 +265,16 @@ def preference_pairs(cfg: ArithConfig, n: int, seed: int) -> list[dict]:
     """n preference rows {prompt, chosen, rejected} on n distinct new problems, all a function of seed."""
     rng = random.Random(seed)
     problems, seen = [], set()
+    misses = 0
     while len(problems) < n:
         p = problem(rng, cfg)
         if p["question"] not in seen and p["chain"]:
             seen.add(p["question"])
             problems.append(p)
+            misses = 0
+        else:
+            misses += 1
+            check_room(misses, len(problems), n)
     return preference_rows(problems, seed)
 
 

@@ -1,7 +1,9 @@
 import json
 
+import pytest
+
 from premem.data import DataConfig, load_example_set
-from premem.data.arith import ArithConfig, generate, pretraining_texts, write_jsonl
+from premem.data.arith import ArithConfig, generate, preference_pairs, pretraining_texts, write_jsonl
 from premem.data.grading import grade_gold_against_solutions, get_grader
 
 
@@ -84,3 +86,19 @@ def test_similar_problems_near_keep_the_facts_nearly():
     anywhere = similar_problems([t["answer"] for t in templates], cfg, seed=1)
     spread = [abs(numbers(t["answer"])[0] - numbers(p["answer"])[0]) for t, p in zip(templates, anywhere)]
     assert max(spread) > 1  # without near the start is drawn anywhere in range
+
+
+def test_settings_with_too_few_distinct_problems_are_refused_not_looped_on():
+    """max_number=2 allows some 6,500 questions (names and things vary too): asking for 20,000 is one line
+    naming the settings, in a second or so."""
+    import time
+
+    from premem.errors import InputError
+
+    cfg = ArithConfig(n_train=19_000, n_test=1_000, max_number=2, max_operand=1, steps=(2, 2), seed=0)
+    start = time.perf_counter()
+    with pytest.raises(InputError, match=r"distinct problems fit these settings .* not the 20000 asked for"):
+        generate(cfg)
+    with pytest.raises(InputError, match="not the 20000 asked for"):
+        preference_pairs(cfg, 20_000, seed=0)
+    assert time.perf_counter() - start < 30
