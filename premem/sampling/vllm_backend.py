@@ -74,6 +74,8 @@ class VLLMBackend:
             args["enable_chunked_prefill"] = False
         else:
             args["gpu_memory_utilization"] = options.gpu_memory_utilization
+        if not options.allow_hub:  # the engine's own processes load configs too: local files only there as well
+            env = {**env, "HF_HUB_OFFLINE": "1"}
         with _environment(env):  # the engine's processes read it when they start, in here
             self.llm = LLM(**{**args, **engine_args})
 
