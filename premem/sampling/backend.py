@@ -118,10 +118,8 @@ class BackendOptions:
 
     def validate(self, prefix: str = "options.") -> None:
         """Refuse settings no backend can run with (before any work starts, not inside an actor)."""
-        from premem.sampling.checkpoints import _DTYPES
-
-        if self.dtype not in _DTYPES:
-            raise InputError(f"{prefix}dtype: expected one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise InputError(f"{prefix}dtype: expected one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):
             raise InputError(f"{prefix}device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         check_int(prefix + "threads", self.threads, 1)
@@ -133,6 +131,7 @@ class BackendOptions:
         check_number(prefix + "kv_cache_gib", self.kv_cache_gib, lambda g: g > 0, "a number of GiB > 0")
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # what options.dtype may name (checkpoints loads them)
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 

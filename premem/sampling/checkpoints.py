@@ -46,7 +46,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from premem.errors import InputError
-from premem.sampling.backend import BackendOptions
+from premem.sampling.backend import DTYPES, BackendOptions
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,6 @@ _NUMBER = re.compile(r"(?<![A-Za-z0-9])(\d+)(?![A-Za-z0-9])")
 # Trainer state saved beside the weights; pickles too, but not weights
 _TRAINER_FILES = {"training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,8 +389,8 @@ def resolve_device(device: str):
 def _torch_dtype(name: str):
     import torch
 
-    if name not in _DTYPES:
-        raise InputError(f"dtype: expected one of {', '.join(_DTYPES)}, got {name!r}")
+    if name not in DTYPES:
+        raise InputError(f"dtype: expected one of {', '.join(DTYPES)}, got {name!r}")
     return name if name == "auto" else getattr(torch, name)
 
 
