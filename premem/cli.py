@@ -41,11 +41,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from premem.metrics.premem import TrainingCurves
     from premem.store import ScoreStore
 
-    if args.plot and Path(args.plot).suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise InputError(f"--plot {args.plot}: use a .png, .svg or .pdf file name")
     if args.plot:
         from premem.files import check_output
 
+        if Path(args.plot).suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise InputError(f"--plot {args.plot}: use a .png, .svg or .pdf file name")
         check_output(args.plot, [args.store], what="--plot")
     curves = TrainingCurves.from_store(ScoreStore(args.store))
     pred = predict(curves, args.tau)  # tau None: the default rule every verb shares (metrics.predict.resolve_tau)

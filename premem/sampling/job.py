@@ -18,7 +18,6 @@ store was started, more actors than the Ray cluster can place.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 
 from premem.data import DataConfig, Example, ExampleSet, get_grader, get_template, load_example_set
 from premem.errors import InputError
+from premem.files import check_output
 from premem.sampling.backend import BackendOptions, SamplingParams, check_execution, check_int
 from premem.sampling.checkpoints import (
     Checkpoint,
@@ -110,15 +110,11 @@ class ScoreConfig:
 
 
 def check_store_path(store: str) -> None:
-    """A score store is a directory: refuse a path that cannot become one before anything is written there."""
+    """A score store is a directory: refuse a path that cannot become one before anything is written there
+    (the output check every verb runs, for callers from Python too)."""
     if not store:
         raise InputError("store: say where to write the scores (--store DIR)")
-    path = Path(store)
-    if path.exists():
-        ScoreStore(path)  # refuses a file
-    nearest = next(p for p in [path, *path.absolute().parents] if p.exists())
-    if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
-        raise InputError(f"store {store}: cannot write in {nearest}")
+    check_output(store, kind="dir", what="store")
 
 
 @dataclass
