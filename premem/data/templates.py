@@ -13,12 +13,18 @@ Two templates, chosen by name with `get_template`:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 from premem.errors import InputError
 
-if TYPE_CHECKING:  # examples.py reads rows that carry the paper template with PaperTemplate's help
-    from premem.data.examples import Example
+
+class Example(Protocol):
+    """What a template reads of an example (premem.data.examples.Example is one). A Protocol rather than
+    an import: examples.py reads rows that already carry the paper template with PaperTemplate's help."""
+
+    question: str
+    solution: str
+    rejected: str | None
 
 
 @dataclass(frozen=True)
