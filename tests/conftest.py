@@ -20,6 +20,14 @@ SHARED_MISSING = (f"needs the shared data ({SHARED} is missing): set PREMEM_SHAR
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=SHARED_MISSING)
 
 
+def shared_beside_repo() -> None:
+    """Skip unless the shared data sits at ../shared/data, where configs/*.yaml name it themselves
+    (PREMEM_SHARED_DATA cannot move a path written in a config)."""
+    beside = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not beside.is_dir():
+        pytest.skip(f"needs the shared data at {beside}, where configs/data/*.yaml read it")
+
+
 def shared(*parts: str) -> Path:
     """A path in the shared data, or a skip that says where the data should be and how to point at it.
 

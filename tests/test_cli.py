@@ -10,7 +10,7 @@ import pytest
 from pathlib import Path
 
 from premem.cli import main
-from tests.conftest import PAPER_STORE
+from tests.conftest import shared, shared_beside_repo
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def assert_clean_error(proc, *needles):
 
 def test_predict_json_on_the_paper_runs(tmp_path):
     plot = tmp_path / "p.png"
-    proc = run("predict", "--store", str(PAPER_STORE), "--tau", "-2.3", "--json", "--plot", str(plot))
+    proc = run("predict", "--store", str(shared("paper_runs", "gsm8k")), "--tau", "-2.3", "--json", "--plot", str(plot))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["n_points"] == 51 and out["tau"] == -2.3
@@ -102,6 +102,7 @@ def test_data_check_exports_canonical_examples(tmp_path):
 
 
 def test_data_check_on_math500_with_field_override(tmp_path):
+    shared_beside_repo()
     proc = run("data", "check", "--config", "configs/data/math.yaml", "--limit", "20", "--json", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["n_examples"] == 20

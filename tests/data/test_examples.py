@@ -13,7 +13,7 @@ import pytest
 from premem.config import load_config
 from premem.data.examples import DataConfig, Example, dataset_fingerprint, detect_format, load_examples
 from premem.errors import InputError
-from tests.conftest import shared
+from tests.conftest import shared, shared_beside_repo
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -192,8 +192,7 @@ def test_real_gsm8k_train():
 
 def test_shipped_configs_load_the_real_data(monkeypatch):
     monkeypatch.chdir(REPO)  # config paths are relative to the repository root
-    if not (REPO.parent / "shared" / "data" / "gsm8k").is_dir():  # the configs name ../shared/data itself
-        pytest.skip("needs the shared data at ../shared/data, where configs/data/*.yaml read it")
+    shared_beside_repo()
     gsm8k = load_examples(load_config(DataConfig, "configs/data/gsm8k.yaml", ["limit=3"]))
     assert [e.answer for e in gsm8k] == ["72", "10", "5"]
     math = load_examples(load_config(DataConfig, "configs/data/math.yaml"))
@@ -336,9 +335,7 @@ def test_bad_config_values(tmp_path, overrides, fragment):
 
 def gsm8k_rows(tmp_path, n=40):
     """Every 100th row of the real GSM8K train file, as a JSONL of its own."""
-    src = shared("gsm8k", "train.jsonl")
-    if not src.is_file():
-        pytest.skip(f"shared data not found: {src}")
+    src = shared("gsm8k", "train.jsonl")  # skips, naming PREMEM_SHARED_DATA, where it is missing
     lines = src.read_text(encoding="utf-8").split("\n")[: 100 * n : 100]
     path = tmp_path / "gsm8k.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -11,12 +11,12 @@ from premem.errors import InputError
 from premem.metrics.predict import TAU_MODES, choose_tau, predict, resolve_tau
 from premem.metrics.premem import TrainingCurves
 from premem.store import ScoreStore
-from tests.conftest import PAPER_STORE, synthetic_tables
+from tests.conftest import shared, synthetic_tables
 
 
 @pytest.fixture(scope="module")
 def paper_curves():
-    return TrainingCurves.from_store(ScoreStore(PAPER_STORE))
+    return TrainingCurves.from_store(ScoreStore(shared("paper_runs", "gsm8k")))
 
 
 def test_paper_reference_figures_at_tau_minus_2_3(paper_curves):

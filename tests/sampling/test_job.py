@@ -27,7 +27,7 @@ from premem.errors import InputError
 from premem.sampling.backend import BackendOptions, SamplingParams
 from premem.sampling.job import ScoreConfig, score
 from premem.store import ScoreStore
-from tests.conftest import SHARED
+from tests.conftest import shared
 
 N_TRAIN, N_TEST = 12, 6
 TABLES = ("train_scores", "test_scores", "samples")
@@ -39,7 +39,7 @@ def workdir(tmp_path_factory):
     from premem.train.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("job")
-    lines = (SHARED / "gsm8k" / "train.jsonl").read_text().splitlines()
+    lines = shared("gsm8k", "train.jsonl").read_text().splitlines()
     (root / "train.jsonl").write_text("\n".join(lines[:N_TRAIN]) + "\n")
     (root / "test.jsonl").write_text("\n".join(lines[100 : 100 + N_TEST]) + "\n")
     texts = [json.loads(line)["question"] + " " + json.loads(line)["answer"] for line in lines[:300]]
