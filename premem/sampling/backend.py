@@ -16,12 +16,12 @@ its batch, so a shard re-run after a crash reproduces the rows it lost.
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from premem.errors import InputError
+# how a backend loads and runs a checkpoint is an execution setting (premem.execution); named here too for callers
+from premem.execution import BACKEND_NAMES, DTYPES, BackendOptions, check_execution, check_int, check_number  # noqa: F401
 
 
 @dataclass
@@ -89,65 +89,6 @@ class Backend(Protocol):
         ...
 
 
-@dataclass
-class BackendOptions:
-    """How a backend loads and runs a checkpoint."""
-
-    dtype: str = "float32"
-    """Weights' dtype: float32 (CPU default), bfloat16, float16."""
-    device: str = "auto"
-    """auto (cuda if available, else cpu), cpu, or cuda."""
-    threads: int = 1
-    """CPU threads per backend instance (torch / vLLM OMP threads)."""
-    batch_size: int = 16
-    """Prompts per forward batch (transformers backend)."""
-    max_model_len: int | None = None
-    """Context length to allocate (vLLM); default: the model's."""
-    gpu_memory_utilization: float = 0.85
-    """vLLM on GPU: fraction of GPU memory the engine may take."""
-    kv_cache_gib: float = 2.0
-    """vLLM on CPU: KV cache size in GiB."""
-    allow_pickle: bool = False
-    """Allow loading .bin/.pt (pickle) weights; by default only safetensors are loaded."""
-    trust_remote_code: bool = False
-    """Allow a checkpoint's own Python code to run (off unless you trust the checkpoint)."""
-    allow_hub: bool = False
-    """Allow downloads from the Hugging Face hub (a LoRA base named by hub id, say); off: local files only."""
-    cache_dir: str | None = None
-    """Where merged LoRA / dequantized GGUF copies for vLLM are written (premem score: <store>/cache)."""
-
-    def validate(self, prefix: str = "options.") -> None:
-        """Refuse settings no backend can run with (before any work starts, not inside an actor)."""
-        if self.dtype not in DTYPES:
-            raise InputError(f"{prefix}dtype: expected one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):
-            raise InputError(f"{prefix}device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
-        check_int(prefix + "threads", self.threads, 1)
-        check_int(prefix + "batch_size", self.batch_size, 1)
-        if self.max_model_len is not None:
-            check_int(prefix + "max_model_len", self.max_model_len, 1)
-        check_number(prefix + "gpu_memory_utilization", self.gpu_memory_utilization, lambda u: 0 < u <= 1,
-                     "a number in (0, 1]")
-        check_number(prefix + "kv_cache_gib", self.kv_cache_gib, lambda g: g > 0, "a number of GiB > 0")
-
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")  # what options.dtype may name (checkpoints loads them)
-DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
-def check_int(name: str, value, minimum: int) -> None:
-    """An InputError naming the setting unless value is an integer >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-
-
-def check_number(name: str, value, ok: Callable[[float], bool], expected: str) -> None:
-    """An InputError naming the setting unless value is a finite number (not a bool or nan) for which ok holds."""
-    real = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not (real and ok(value)):
-        raise InputError(f"{name}: expected {expected}, got {value!r}")
-
-
 def check_scoring_inputs(prompt_ids: list[list[int]], target_ids: list[list[int]]) -> None:
     """What every backend's target_logprobs requires of its inputs."""
     if len(prompt_ids) != len(target_ids):
@@ -171,21 +112,7 @@ def _vllm(checkpoint, options):
 
 # name -> constructor(checkpoint, options). Imports are deferred: vLLM is an optional extra.
 BACKENDS: dict[str, Callable] = {"hf": _hf, "vllm": _vllm}
-
-
-def check_execution(backend: str, options: BackendOptions, actors: int, gpus_per_actor: float) -> None:
-    """How a job runs backends on Ray actors, checked before it reads, writes or starts anything
-    (what the cluster holds is checked against it once Ray is up: premem.sampling.actors)."""
-    if backend not in BACKENDS:
-        raise InputError(f"backend: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-    options.validate()
-    check_int("actors", actors, 1)
-    # Ray takes a fraction of one GPU, or whole GPUs
-    check_number("gpus_per_actor", gpus_per_actor, lambda g: g >= 0 and (g <= 1 or g == int(g)),
-                 "a number >= 0 (a fraction below 1, or whole GPUs)")
-    if options.device.startswith("cuda") and not gpus_per_actor:
-        raise InputError(f"options.device={options.device} needs gpus_per_actor > 0: Ray shows an actor no GPU "
-                         "unless it asks for one")
+assert tuple(BACKENDS) == BACKEND_NAMES
 
 
 def make_backend(name: str, checkpoint, options: BackendOptions) -> Backend:
