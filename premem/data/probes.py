@@ -19,6 +19,9 @@ makes every type that can be made offline:
     rephrase_chosen      y+ rewritten by `model` through `rephrase_prompt` (model_written: true)
     rephrase_rejected    y- rewritten the same way
 
+The last three load the model, which is the sampling stage's work: premem.sampling.probe_build
+makes them and builds the whole set; build_probes here makes the others.
+
 One more type, `greedy` (y*, the teacher-forced argmax on [prompt; y+]), depends on the
 checkpoint and is made at track time. Each type draws from its own random stream
 (seed, type), so adding a model changes no other type's responses.
@@ -33,13 +36,15 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from premem import __version__
+from premem.version import __version__
 from premem.data.examples import DataConfig, Example, ExampleSet, load_example_set
 from premem.data.io import parse_json, split_lines
 from premem.errors import InputError
+from premem.execution import ExecConfig
 from premem.files import sha256_file, staged_dir
 
 PROBES_FILE = "probes.jsonl"
@@ -120,10 +125,8 @@ class ProbeBuildConfig:
     """The model's rephrase prompt; {prompt} and {response} are filled in, the model continues it."""
     rephrase_max_new_tokens: int = 128
     """Longest rephrase generated (it stops at a blank line or "\\nDone.")."""
-    backend: str = "hf"
-    """Sampling backend the rephrases are generated with: hf or vllm."""
-    threads: int = 1
-    """CPU threads for the model."""
+    exec: ExecConfig = field(default_factory=ExecConfig)
+    """How the model runs: exec.backend (hf or vllm) and exec.options (threads, dtype, ...); no Ray actors."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,10 @@ class ProbeRow:
         )
 
 
+ModelRows = Callable[[ProbeBuildConfig, list[Example]], tuple[list[ProbeRow], dict]]
+"""Makes the model-written rows of these probe prompts, and the manifest's `model` section."""
+
+
 @dataclass(frozen=True)
 class ProbeSet:
     path: Path  # the probe directory
@@ -157,12 +164,19 @@ class ProbeSet:
 # -- building ----------------------------------------------------------------------------------
 
 
-def build_probes(cfg: ProbeBuildConfig) -> ProbeSet:
-    """Draw the probe prompts, make every response type, and write cfg.out; returns the probe set."""
+def build_probes(cfg: ProbeBuildConfig, model_rows: ModelRows | None = None) -> ProbeSet:
+    """Draw the probe prompts, make every response type, and write cfg.out; returns the probe set.
+
+    model_rows makes the types written with cfg.model (random_tokens, rephrase_*): loading a model is
+    a later stage's work, so premem.sampling.probe_build.build_probes passes it; without it a
+    cfg.model is refused."""
     if not cfg.data:
         raise InputError("probe build: say which preference data to draw from (--data PATH)")
     if not cfg.out:
         raise InputError("probe build: say where to write the probe set (--out DIR)")
+    if cfg.model and model_rows is None:
+        raise InputError("model: the model-written types need the model loaded; build with "
+                         "premem.sampling.probe_build.build_probes (as `premem probe build` does)")
     out = Path(cfg.out)
     _check_out(out)
     data = load_example_set(DataConfig(path=cfg.data))
@@ -177,8 +191,8 @@ def build_probes(cfg: ProbeBuildConfig) -> ProbeSet:
     rows = offline_rows(probes, irrelevant, cfg.seed)
     model_info = None
     if cfg.model:
-        model_rows, model_info = _model_rows(cfg, probes)
-        rows += model_rows
+        written, model_info = model_rows(cfg, probes)
+        rows += written
     rank, drawn = {t: i for i, t in enumerate(PROBE_TYPES)}, {p.example_id: i for i, p in enumerate(probes)}
     rows.sort(key=lambda r: (drawn[r.probe_id], rank[r.type]))
     manifest = {
@@ -240,62 +254,6 @@ def _irrelevant_pool(cfg: ProbeBuildConfig, held_out: list[Example]) -> tuple[li
             "draw fewer (--n) or give another source (irrelevant=PATH)"
         )
     return [ex.solution for ex in held_out], {"source": "held_out", "n_examples": len(held_out)}
-
-
-def _model_rows(cfg: ProbeBuildConfig, probes: list[Example]) -> tuple[list[ProbeRow], dict]:
-    """random_tokens from the model's tokenizer, and the model's rephrases of y+ and y-."""
-    from premem.sampling.backend import BackendOptions, SamplingParams, make_backend
-    from premem.sampling.checkpoints import find_checkpoints, load_config, load_tokenizer
-    from premem.sampling.job import context_length
-
-    options = BackendOptions(threads=cfg.threads)
-    checkpoint = find_checkpoints(cfg.model)[-1]
-    tokenizer = load_tokenizer(checkpoint, options)
-    rng = random.Random(f"{cfg.seed}/random_tokens")
-    special = set(tokenizer.all_special_ids)
-    vocab = [i for i in range(len(tokenizer)) if i not in special]
-    rows = []
-    for ex in probes:
-        length = len(tokenizer(" " + ex.solution, add_special_tokens=False)["input_ids"])
-        text = tokenizer.decode(rng.choices(vocab, k=max(1, length)), skip_special_tokens=True).strip()
-        if text:
-            rows.append(ProbeRow(ex.example_id, ex.question, "random_tokens", text, model_written=False))
-    info = {"path": str(checkpoint.location), "rephrased": 0, "rephrase_dropped": 0}
-    if not cfg.rephrase:
-        return rows, info
-    if "{response}" not in cfg.rephrase_prompt:
-        raise InputError("rephrase_prompt: it must hold {response} (and may hold {prompt})")
-    context = context_length(load_config(checkpoint, options))
-    asks, where = [], []
-    for ex in probes:
-        for kind, response in (("rephrase_chosen", ex.solution), ("rephrase_rejected", ex.rejected)):
-            ids = tokenizer(cfg.rephrase_prompt.format(prompt=ex.question, response=response))["input_ids"]
-            if len(ids) < context:
-                asks.append(ids)
-                where.append((ex, kind, response))
-            else:
-                info["rephrase_dropped"] += 1
-    backend = make_backend(cfg.backend, checkpoint, options)
-    try:
-        params = SamplingParams(samples=1, temperature=0.0, max_new_tokens=cfg.rephrase_max_new_tokens,
-                                stop=["\nDone.", "\n\n"])
-        caps = [max(1, min(cfg.rephrase_max_new_tokens, context - len(ids))) for ids in asks]
-        answers: list = [None] * len(asks)
-        for cap in sorted(set(caps)):  # only prompts near the context get a lower cap
-            idx = [i for i, c in enumerate(caps) if c == cap]
-            p = SamplingParams(**{**params.__dict__, "max_new_tokens": cap})
-            for i, comps in zip(idx, backend.generate([asks[i] for i in idx], p, [cfg.seed] * len(idx))):
-                answers[i] = comps[0].text.strip()
-    finally:
-        backend.close()
-    for (ex, kind, response), text in zip(where, answers):
-        if text and text != response:
-            rows.append(ProbeRow(ex.example_id, ex.question, kind, text, model_written=True))
-            info["rephrased"] += 1
-        else:
-            info["rephrase_dropped"] += 1
-    info["rephrase_prompt"] = cfg.rephrase_prompt
-    return rows, info
 
 
 def _check_out(out: Path) -> None:
@@ -380,3 +338,16 @@ def check_probes_match(probes: ProbeSet, data: ExampleSet) -> None:
             f"({probes.manifest['data'].get('path')}, fingerprint {str(built)[:12]}…), not {data.path} "
             f"(fingerprint {data.fingerprint[:12]}…)"
         )
+
+
+def summary(probes: ProbeSet) -> str:
+    """What `premem probe build` prints: the responses per type, the rephrases, the files written."""
+    m = probes.manifest
+    counts = ", ".join(f"{t} {n}" for t, n in m["types"].items())
+    lines = [f"{m['n']} probe prompts from {m['data']['path']} (seed {m['seed']}), {len(probes.rows)} responses: {counts}"]
+    if m["model"] and "rephrased" in m["model"]:
+        lines.append(f"rephrases written by {m['model']['path']}: {m['model']['rephrased']} "
+                     f"({m['model']['rephrase_dropped']} dropped: empty, unchanged or too long)")
+    lines.append(f"-> {probes.path / PROBES_FILE}\n-> {probes.path / MANIFEST_FILE} "
+                 f"(data fingerprint {m['data']['fingerprint'][:12]}…)")
+    return "\n".join(lines)

@@ -1,12 +1,18 @@
-"""The small interface every sampling backend implements, and the registry that names them.
+"""The small interface every sampling backend implements (premem.sampling.engines names them).
 
-A backend owns one loaded checkpoint and answers two questions about it:
+A backend owns one loaded checkpoint and answers three questions about it:
 
-    generate(prompt_ids, params, seeds)   -> k sampled continuations per prompt
+    generate(prompt_ids, params, seeds)     -> k sampled continuations per prompt
     target_logprobs(prompt_ids, target_ids) -> summed log-probability of each gold target
                                                under teacher forcing, and its token count
+    target_argmax(prompt_ids, target_ids)   -> under the same teacher forcing, the most likely
+                                               token at each target position and the sum of
+                                               their log-probabilities (the probes' greedy y*)
 
-Both take token ids, not text: the caller tokenizes once with the checkpoint's tokenizer
+This protocol is everything callers use: they never ask which backend they hold or reach
+into one (the engines' registry is premem.sampling.engines).
+
+All take token ids, not text: the caller tokenizes once with the checkpoint's tokenizer
 (prompt with special tokens, target without, concatenated), so the two backends score the
 very same tokens and a perplexity means the same thing whichever produced it.
 
@@ -17,7 +23,7 @@ its batch, so a shard re-run after a crash reproduces the rows it lost.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol, runtime_checkable
 
 from premem.errors import InputError
 # how a backend loads and runs a checkpoint is an execution setting (premem.execution); named here too for callers
@@ -73,8 +79,23 @@ class TargetLogprob:
         return math.exp(max(-self.sum_logprob, 0.0) / self.n_tokens)
 
 
+@dataclass(frozen=True)
+class TargetArgmax:
+    """The model's own choice along a gold target: at each target position the most likely token given the
+    prompt and the gold tokens before it, and the sum of those tokens' log-probabilities (each given the gold
+    prefix). The probes' greedy response y*; its log-probability is what the squeezing effect inflates."""
+
+    tokens: tuple[int, ...]
+    sum_logprob: float
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+
+@runtime_checkable
 class Backend(Protocol):
-    name: str
+    name: str  # the registry name (for messages and records; callers never branch on it)
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[list[Completion]]:
         """params.samples completions for each prompt; prompt i sampled with seeds[i]."""
@@ -84,38 +105,20 @@ class Backend(Protocol):
         """Teacher-forced log-probability of each target given its prompt."""
         ...
 
+    def target_argmax(self, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> list[TargetArgmax]:
+        """Teacher forcing on [prompt; target] as target_logprobs does, read at the argmax of each target position."""
+        ...
+
     def close(self) -> None:
         """Free the model (and the engine's memory) before the next checkpoint is loaded."""
         ...
 
 
-def check_scoring_inputs(prompt_ids: list[list[int]], target_ids: list[list[int]]) -> None:
-    """What every backend's target_logprobs requires of its inputs."""
+def check_scoring_inputs(prompt_ids: list[list[int]], target_ids: list[list[int]], what: str = "target_logprobs"
+                         ) -> None:
+    """What every backend's target_logprobs and target_argmax require of their inputs."""
     if len(prompt_ids) != len(target_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(target_ids)} targets")
     for i, (p, t) in enumerate(zip(prompt_ids, target_ids)):
         if not p or not t:
-            raise InputError(f"target_logprobs: input {i} has an empty {'prompt' if not p else 'target'}")
-
-
-def _hf(checkpoint, options):
-    from premem.sampling.hf import HFBackend
-
-    return HFBackend(checkpoint, options)
-
-
-def _vllm(checkpoint, options):
-    from premem.sampling.vllm_backend import VLLMBackend
-
-    return VLLMBackend(checkpoint, options)
-
-
-# name -> constructor(checkpoint, options). Imports are deferred: vLLM is an optional extra.
-BACKENDS: dict[str, Callable] = {"hf": _hf, "vllm": _vllm}
-assert tuple(BACKENDS) == BACKEND_NAMES
-
-
-def make_backend(name: str, checkpoint, options: BackendOptions) -> Backend:
-    if name not in BACKENDS:
-        raise InputError(f"backend: unknown backend {name!r}; known: {', '.join(BACKENDS)}")
-    return BACKENDS[name](checkpoint, options)
+            raise InputError(f"{what}: input {i} has an empty {'prompt' if not p else 'target'}")

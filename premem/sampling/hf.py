@@ -2,6 +2,11 @@
 
 Scoring (`target_logprobs`) is one teacher-forced forward pass per batch: prompt + target
 right-padded, log_softmax in float32 at the target positions, the gold tokens' log-probs summed.
+`target_argmax` reads the same log-distributions at their maximum instead of at the gold token.
+
+Threads: torch's thread count is process-wide. The backend sets it to options.threads while it
+holds a model and gives the caller's count back on close(), so a notebook or a test that loads
+one does not run slower (or faster) afterwards.
 
 Sampling (`generate`) is a small decoding loop of our own rather than `model.generate`, for
 three properties `generate` does not give:
@@ -32,18 +37,30 @@ from dataclasses import dataclass
 import torch
 
 from premem.errors import InputError
-from premem.sampling.backend import BackendOptions, Completion, SamplingParams, TargetLogprob, check_scoring_inputs
+from premem.sampling.backend import (
+    BackendOptions,
+    Completion,
+    SamplingParams,
+    TargetArgmax,
+    TargetLogprob,
+    check_scoring_inputs,
+)
 
 
 class HFBackend:
     name = "hf"
 
     def __init__(self, checkpoint, options: BackendOptions):
-        from premem.sampling.checkpoints import load_model_and_tokenizer
+        from premem.models import load_model_and_tokenizer
 
+        self._caller_threads = torch.get_num_threads()  # given back by close()
         torch.set_num_threads(options.threads)
         self.options = options
-        self.model, self.tokenizer = load_model_and_tokenizer(checkpoint, options)
+        try:
+            self.model, self.tokenizer = load_model_and_tokenizer(checkpoint, options)
+        except BaseException:
+            self.close()
+            raise
         self.device = next(self.model.parameters()).device
         tok = self.tokenizer
         # pad positions are masked out, so any id will do when the tokenizer has no pad token
@@ -53,8 +70,12 @@ class HFBackend:
         self._keep_last = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     def close(self) -> None:
-        """Drop the model, so its memory is free before the next checkpoint loads. Idempotent."""
+        """Drop the model, so its memory is free before the next checkpoint loads, and give the caller's
+        thread count back. Idempotent."""
         self.model = None
+        threads, self._caller_threads = self._caller_threads, None
+        if threads is not None:
+            torch.set_num_threads(threads)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -63,19 +84,27 @@ class HFBackend:
 
     @torch.no_grad()
     def target_logprobs(self, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> list[TargetLogprob]:
+        check_scoring_inputs(prompt_ids, target_ids)
         out: list[TargetLogprob | None] = [None] * len(prompt_ids)
-        for i, logp, gold_ids in self.target_log_softmax(prompt_ids, target_ids):
+        for i, logp, gold_ids in self._teacher_forced(prompt_ids, target_ids):
             gold = logp.gather(-1, gold_ids[:, None]).squeeze(-1)
             out[i] = TargetLogprob(float(gold.double().sum()), len(target_ids[i]))
         return out
 
     @torch.no_grad()
-    def target_log_softmax(self, prompt_ids: list[list[int]], target_ids: list[list[int]]):
+    def target_argmax(self, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> list[TargetArgmax]:
+        check_scoring_inputs(prompt_ids, target_ids, "target_argmax")
+        out: list[TargetArgmax | None] = [None] * len(prompt_ids)
+        for i, logp, _ in self._teacher_forced(prompt_ids, target_ids):
+            best = logp.max(-1)
+            out[i] = TargetArgmax(tuple(best.indices.tolist()), float(best.values.sum()))
+        return out
+
+    def _teacher_forced(self, prompt_ids: list[list[int]], target_ids: list[list[int]]):
         """Teacher forcing on [prompt; target], batched: yields (i, logp, target) per example i, in no set order,
         where logp[k] is the float32 log-distribution over the vocabulary that predicts the target's token k
-        and target is its token ids (both on the model's device). target_logprobs and the probes' greedy y*
-        read what they need from it."""
-        check_scoring_inputs(prompt_ids, target_ids)
+        and target is its token ids (both on the model's device). Callers check the inputs first and run it
+        under torch.no_grad."""
         seqs = [p + t for p, t in zip(prompt_ids, target_ids)]
         # sorted by length, so a batch pads little; callers put results back in input order by i
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))

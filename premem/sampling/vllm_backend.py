@@ -8,6 +8,8 @@ scores and samples exactly the tokens the transformers backend does.
   in the batch (vLLM seeds a generator per request).
 - target_logprobs: prompt + target as one prompt, `prompt_logprobs=0` (the logprob of each
   actual prompt token), max_tokens=1; the target positions' logprobs are summed.
+- target_argmax: the same with `prompt_logprobs=1`, which adds each position's most likely
+  token (rank 1) and its logprob; those are read at the target positions.
 
 Starting an engine takes ~30 s on CPU (process spawn, torch.compile warm-up), so a backend
 is meant to serve many calls; `close()` shuts the engine's processes down and frees their
@@ -33,7 +35,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from premem.errors import InputError
-from premem.sampling.backend import BackendOptions, Completion, SamplingParams, TargetLogprob, check_scoring_inputs
+from premem.sampling.backend import (
+    BackendOptions,
+    Completion,
+    SamplingParams,
+    TargetArgmax,
+    TargetLogprob,
+    check_scoring_inputs,
+)
 from premem.sampling.hf import cut_at_stop
 
 class VLLMBackend:
@@ -46,7 +55,7 @@ class VLLMBackend:
         directory under cache_dir or options.cache_dir (once; reused after), which is what
         vLLM loads. premem writes only where the user said: `premem score` puts it in the store.
         """
-        from premem.sampling.checkpoints import materialize, tokenizer_dir
+        from premem.models import materialize, tokenizer_dir
 
         self.llm = None  # close() works even if the engine fails to start
         cache_dir = cache_dir or options.cache_dir
@@ -108,20 +117,34 @@ class VLLMBackend:
         return result
 
     def target_logprobs(self, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> list[TargetLogprob]:
-        from vllm import SamplingParams as VLLMParams
-        from vllm.inputs import TokensPrompt
-
         check_scoring_inputs(prompt_ids, target_ids)
-        # prompt_logprobs=0: for each prompt position, the logprob of the token actually there
-        params = VLLMParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        inputs = [TokensPrompt(prompt_token_ids=p + t) for p, t in zip(prompt_ids, target_ids)]
-        outs = self._llm().generate(inputs, params, use_tqdm=False)
         result = []
-        for out, p, t in zip(outs, prompt_ids, target_ids):
+        # top=0: for each prompt position, the logprob of the token actually there
+        for out, p, t in zip(self._prompt_logprobs(prompt_ids, target_ids, top=0), prompt_ids, target_ids):
             ids, logprobs = out.prompt_token_ids, out.prompt_logprobs  # logprobs[0] is None: nothing predicts token 0
             target = range(len(p), len(p) + len(t))
             result.append(TargetLogprob(sum(logprobs[j][ids[j]].logprob for j in target), len(t)))
         return result
+
+    def target_argmax(self, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> list[TargetArgmax]:
+        check_scoring_inputs(prompt_ids, target_ids, "target_argmax")
+        result = []
+        # top=1: at each position the actual token's logprob and the most likely token's (rank 1)
+        for out, p, t in zip(self._prompt_logprobs(prompt_ids, target_ids, top=1), prompt_ids, target_ids):
+            best = [next((tok, lp.logprob) for tok, lp in out.prompt_logprobs[j].items() if lp.rank == 1)
+                    for j in range(len(p), len(p) + len(t))]
+            result.append(TargetArgmax(tuple(tok for tok, _ in best), float(sum(lp for _, lp in best))))
+        return result
+
+    def _prompt_logprobs(self, prompt_ids: list[list[int]], target_ids: list[list[int]], top: int) -> list:
+        """vLLM's outputs for [prompt; target] as one prompt, with `top` most likely tokens' logprobs per position
+        (plus the actual token's), in input order."""
+        from vllm import SamplingParams as VLLMParams
+        from vllm.inputs import TokensPrompt
+
+        params = VLLMParams(max_tokens=1, temperature=0.0, prompt_logprobs=top, detokenize=False)
+        inputs = [TokensPrompt(prompt_token_ids=p + t) for p, t in zip(prompt_ids, target_ids)]
+        return self._llm().generate(inputs, params, use_tqdm=False)
 
     def close(self) -> None:
         """Shut the engine's processes down (they hold the weights and the KV cache). Idempotent."""

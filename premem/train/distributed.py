@@ -3,7 +3,7 @@
 Ray Train (V2, the default in ray 2.60) starts `workers` actors, sets up a torch.distributed
 process group among them (gloo on CPUs, nccl on GPUs) and sets RANK / WORLD_SIZE /
 LOCAL_RANK / MASTER_ADDR in each, which is all a Hugging Face Trainer needs to run
-distributed: each worker builds the same SFTTrainer (premem.train.sft.build_trainer), the
+distributed: each worker builds the same SFTTrainer (premem.train.fit), the
 Trainer shards the batches with a DistributedSampler and averages gradients with DDP, and
 only rank 0 writes checkpoints, straight into the run directory. So the run directory looks
 exactly like a single-process run's.
@@ -25,7 +25,9 @@ import contextlib
 import os
 from pathlib import Path
 
-from premem.train.sft import TrainConfig
+from premem.errors import InputError
+from premem.train.config import TrainConfig
+from premem.train.fit import fit
 
 RAY_DIR = "ray_train"
 
@@ -37,12 +39,15 @@ def fit_distributed(cfg: TrainConfig, run_dir: Path, rows: list[dict]) -> list[d
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.constants import is_v2_enabled
 
-    from premem.errors import InputError
-    from premem.sampling.actors import ray_init
+    from premem.execution.actor_pool import release
+    from premem.execution.cluster import ray_init  # imports ray: only when training on it
 
     if not is_v2_enabled():  # V1's RunConfig and Result lack what is used here
         raise InputError("workers: multi-worker training needs Ray Train V2; unset RAY_TRAIN_V2_ENABLED=0")
     ray_init(cfg.address)
+    # a scoring pool kept alive by an earlier job in this process holds CPUs (and GPUs) the training workers
+    # need; Ray would wait for them forever. Free it: the next score starts a new one.
+    release()
     if cfg.use_gpu and ray.cluster_resources().get("GPU", 0) < cfg.workers:  # else Ray waits for them forever
         raise InputError(f"workers: {cfg.workers} GPU workers asked for, the Ray cluster has "
                          f"{ray.cluster_resources().get('GPU', 0):g} GPUs")
@@ -86,8 +91,6 @@ def _worker_loop(config: dict) -> list[dict]:
     """One Ray Train worker: train, then gather every worker's record (rank 0's is returned)."""
     import torch.distributed as dist
     from ray import train as ray_train
-
-    from premem.train.sft import fit
 
     context = ray_train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()

@@ -1,6 +1,6 @@
 """`premem train method=dpo`: direct preference optimization, leaving checkpoints premem can score.
 
-A DPO run is a premem train run (premem.train.sft): the same data subset, template,
+A DPO run is a premem train run (premem.train.api): the same data subset, template,
 checkpoints (save_every, checkpoints), premem_run.json and reuse of finished runs; only the
 trainer differs. Each preference example (prompt/chosen/rejected, premem.data.examples) is
 rendered by the template into a prompt and two responses, each like an SFT target; with the
@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from premem.train.sft import TrainConfig, add_callbacks, dataset_bars_off, load_model, load_tokenizer, training_args
+from premem.train.config import TrainConfig
+from premem.train.trainer import add_callbacks, dataset_bars_off, load_model, load_tokenizer, training_args
 
 
 def build_dpo_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict]):

@@ -15,6 +15,7 @@ from premem.data.probes import (
     PROBES_FILE,
     SENTENCES,
     ProbeBuildConfig,
+    ProbeRow,
     build_probes,
     check_probes_match,
     load_probes,
@@ -61,6 +62,25 @@ def test_every_offline_type_for_every_probe_prompt(pairs_file, tmp_path):
     assert m["model"] is None
     assert sorted(p.name for p in (tmp_path / "probes").iterdir()) == [MANIFEST_FILE, PROBES_FILE]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_model_written_types_come_from_the_maker_passed_in(pairs_file, tmp_path):
+    # a model is the sampling stage's (premem.sampling.probe_build): here a maker writes the rows it would
+    with pytest.raises(InputError, match=r"^model: the model-written types need the model loaded"):
+        build(pairs_file, tmp_path / "refused", model="some/model")
+    assert not (tmp_path / "refused").exists()
+
+    def upper_cased(cfg, probes):
+        rows = [ProbeRow(ex.example_id, ex.question, "rephrase_chosen", ex.solution.upper(), True) for ex in probes]
+        return rows, {"path": cfg.model, "rephrased": len(rows)}
+
+    probes = build_probes(ProbeBuildConfig(data=str(pairs_file), out=str(tmp_path / "probes"), n=6, model="m"),
+                          upper_cased)
+    assert probes.manifest["model"] == {"path": "m", "rephrased": 6}
+    assert probes.manifest["types"]["rephrase_chosen"] == 6
+    first = [r.type for r in probes.rows if r.probe_id == probes.manifest["probe_ids"][0]]
+    assert first == ["chosen", "rejected", "rephrase_chosen", *OFFLINE[2:]]  # in PROBE_TYPES' order
+    assert load_probes(tmp_path / "probes").rows == probes.rows
 
 
 def test_same_seed_same_bytes_another_seed_other_probes(pairs_file, tmp_path):

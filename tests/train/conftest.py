@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from premem.train.sft import TrainConfig
+from premem.train.config import TrainConfig
 
 N_ROWS = 40
 NAMES = ["Tom", "Ann", "Raj", "Mia", "Leo", "Zoe", "Sam", "Ivy"]

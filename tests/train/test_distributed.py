@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from premem.sampling.checkpoints import find_checkpoints
+from premem.runs import RUN_INFO, find_checkpoints
+from premem.train.api import train
 from premem.train.distributed import RAY_DIR
-from premem.train.sft import RUN_INFO, train
 
 
 @pytest.mark.slow

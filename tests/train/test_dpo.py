@@ -10,12 +10,16 @@ from pathlib import Path
 import pytest
 
 from premem.cli import main
+from premem.data import load_example_set
 from premem.data.arith import ArithConfig, generate, preference_pairs, sft_both, write_jsonl
 from premem.errors import InputError
-from premem.sampling.checkpoints import find_checkpoints
-from premem.train import sft
+from premem.runs import RUN_INFO, find_checkpoints
+from premem.train import api
+from premem.train.api import train
+from premem.train.config import TrainConfig, check_config
 from premem.train.dpo import build_dpo_trainer
-from premem.train.sft import RUN_INFO, TrainConfig, train
+from premem.train.rows import render_rows
+from premem.train.trainer import load_tokenizer
 
 ARITH = ArithConfig(n_train=64, n_test=0, max_number=20, max_operand=5, steps=(2, 2), seed=0)
 N_PAIRS = 16
@@ -113,7 +117,7 @@ def test_dpo_raises_the_margin_over_the_reference(dpo_run, arith_model, pairs):
 
 
 def test_a_finished_dpo_run_is_reused_only_with_the_same_settings(dpo_run, arith_model, pairs_file, monkeypatch):
-    monkeypatch.setattr(sft, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(api, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
     assert train(dpo_config(arith_model, pairs_file, dpo_run)) == dpo_run
     with pytest.raises(InputError, match="finished run with beta 0.1, not 0.5"):
         train(dpo_config(arith_model, pairs_file, dpo_run, beta=0.5))
@@ -122,10 +126,10 @@ def test_a_finished_dpo_run_is_reused_only_with_the_same_settings(dpo_run, arith
 
 
 def test_the_pairs_are_tokenized_as_premem_scores_targets(arith_model, pairs_file, pairs, tmp_path):
-    cfg = sft.check_config(dpo_config(arith_model, pairs_file, tmp_path / "unused"))
-    tokenizer = sft.load_tokenizer(cfg)
-    data = sft.load_example_set(cfg.train)
-    rows = sft.render_rows(data, data.examples, "paper", tokenizer, 256, preference=True)
+    cfg = check_config(dpo_config(arith_model, pairs_file, tmp_path / "unused"))
+    tokenizer = load_tokenizer(cfg)
+    data = load_example_set(cfg.train)
+    rows = render_rows(data, data.examples, "paper", tokenizer, 256, preference=True)
     prepared = build_dpo_trainer(cfg, tmp_path / "unused", rows).train_dataset
     assert len(prepared) == N_PAIRS
     for pair, row in zip(pairs, prepared):
@@ -215,5 +219,5 @@ def test_the_example_config_is_valid():
     from premem.config import load_config
 
     root = Path(__file__).resolve().parents[2]
-    cfg = sft.check_config(load_config(TrainConfig, root / "configs" / "train" / "tiny_dpo.yaml"))
+    cfg = check_config(load_config(TrainConfig, root / "configs" / "train" / "tiny_dpo.yaml"))
     assert cfg.method == "dpo" and cfg.beta > 0 and cfg.workers == 1

@@ -10,10 +10,15 @@ import pytest
 
 from premem.cli import main
 from premem.config import load_config
+from premem.data import get_template, load_example_set
 from premem.errors import InputError
-from premem.sampling.checkpoints import find_checkpoints
-from premem.train import sft
-from premem.train.sft import RUN_INFO, SweepConfig, TrainConfig, build_trainer, subset, sweep, train
+from premem.runs import RUN_INFO, find_checkpoints
+from premem.train import api
+from premem.train.api import sweep, train
+from premem.train.config import SweepConfig, TrainConfig, check_config
+from premem.train.rows import render_rows, subset
+from premem.train.sft import build_trainer
+from premem.train.trainer import load_tokenizer
 from tests.train.conftest import N_ROWS, gold_nll, make_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,10 +62,10 @@ def test_training_lowers_the_gold_target_loss(epoch_run, tiny_model, gsm8k_file)
 
 
 def test_the_loss_is_on_the_completion_only(config, tmp_path):
-    cfg = sft.check_config(config())
-    tokenizer = sft.load_tokenizer(cfg)
-    data = sft.load_example_set(cfg.train)
-    rows = sft.render_rows(data, data.examples, "paper", tokenizer, 256)
+    cfg = check_config(config())
+    tokenizer = load_tokenizer(cfg)
+    data = load_example_set(cfg.train)
+    rows = render_rows(data, data.examples, "paper", tokenizer, 256)
     trainer = build_trainer(cfg, tmp_path / "unused", rows)
     assert trainer.completion_only_loss
     prepared = trainer.train_dataset
@@ -75,12 +80,12 @@ def test_the_loss_is_on_the_completion_only(config, tmp_path):
 
 def test_a_chat_prompt_keeps_one_bos(config, tmp_path):
     # the chat template writes the BOS into the prompt text; TRL's tokenizer call adds another
-    cfg = sft.check_config(config(template="chat"))
-    tokenizer = sft.load_tokenizer(cfg)
-    data = sft.load_example_set(cfg.train)
-    rows = sft.render_rows(data, data.examples[:3], "chat", tokenizer, 256)
+    cfg = check_config(config(template="chat"))
+    tokenizer = load_tokenizer(cfg)
+    data = load_example_set(cfg.train)
+    rows = render_rows(data, data.examples[:3], "chat", tokenizer, 256)
     prepared = build_trainer(cfg, tmp_path / "unused", rows).train_dataset
-    template = sft.get_template("chat", tokenizer)
+    template = get_template("chat", tokenizer)
     for ex, row in zip(data.examples, prepared):
         r = template.render(ex)  # as premem score encodes a chat example
         p = tokenizer(r.prompt, add_special_tokens=False)["input_ids"]
@@ -117,7 +122,7 @@ def test_data_fraction_is_a_seeded_recorded_subset(config):
     assert info["n_train"] == len(ids) == N_ROWS // 2 and ids == sorted(ids)
     assert info["workers"][0]["steps"] == 3  # the trainer saw 20 examples: ceil(20 / 8) steps
     # the same seed draws the same subset; another seed another; a smaller fraction lies inside
-    examples = sft.load_example_set(config().train).examples
+    examples = load_example_set(config().train).examples
     assert [e.example_id for e in subset(examples, 0.5, 1)] == ids
     assert [e.example_id for e in subset(examples, 0.5, 2)] != ids
     assert {e.example_id for e in subset(examples, 0.25, 1)} < set(ids)
@@ -139,8 +144,8 @@ def test_sweep_trains_each_grid_point_once(config, tmp_path, monkeypatch):
     (runs[1] / RUN_INFO).write_text(json.dumps({**info, "finished": False}))
     (runs[1] / "checkpoint-99").mkdir()
     trained = []
-    real_fit = sft.fit
-    monkeypatch.setattr(sft, "fit", lambda *a, **k: trained.append(a[1].name) or real_fit(*a, **k))
+    real_fit = api.fit
+    monkeypatch.setattr(api, "fit", lambda *a, **k: trained.append(a[1].name) or real_fit(*a, **k))
     assert sweep(cfg, grid) == runs
     assert trained == ["lr3e-3_ep1_frac0.5_s0"]
     assert not (runs[1] / "checkpoint-99").exists()
@@ -154,7 +159,7 @@ def test_a_finished_run_is_not_reused_for_other_settings(epoch_run, tiny_model, 
 
 def test_run_names():
     def name(**kw):
-        return sft.run_name(TrainConfig(**{"lr": 1e-3, "epochs": 3, "data_fraction": 0.5, "seed": 0, **kw}))
+        return api.run_name(TrainConfig(**{"lr": 1e-3, "epochs": 3, "data_fraction": 0.5, "seed": 0, **kw}))
 
     assert name() == "lr1e-3_ep3_frac0.5_s0"
     assert name(lr=2.5e-5, data_fraction=1.0, seed=7) == "lr2.5e-5_ep3_frac1_s7"
@@ -214,8 +219,8 @@ def test_an_example_longer_than_max_length_is_an_error(config):
 
 
 def test_the_example_config_is_a_valid_sweep():
-    cfg = sft.check_config(load_config(TrainConfig, ROOT / "configs" / "train" / "tiny.yaml"))
-    points = sft.grid_points(cfg, cfg.sweep)
+    cfg = check_config(load_config(TrainConfig, ROOT / "configs" / "train" / "tiny.yaml"))
+    points = api.grid_points(cfg, cfg.sweep)
     assert len(points) >= 2 and len({name for name, _ in points}) == len(points)
     assert all(isinstance(p.lr, float) for _, p in points)
 
