@@ -85,8 +85,9 @@ def raw_hf(model_dir: Path, prompt_ids, k: int, max_new: int, threads: int, batc
 
 
 def premem_backend(name: str, model_dir: Path, prompt_ids, k: int, max_new: int, threads: int, batch: int):
-    from premem.sampling.backend import BackendOptions, SamplingParams, make_backend
-    from premem.sampling.checkpoints import find_checkpoints
+    from premem.runs import find_checkpoints
+    from premem.sampling.backend import BackendOptions, SamplingParams
+    from premem.sampling.engines import make_backend
 
     ckpt = find_checkpoints(model_dir)[0]
     backend = make_backend(name, ckpt, BackendOptions(threads=threads, batch_size=batch))
@@ -119,15 +120,17 @@ def raw_vllm(model_dir: Path, prompt_ids, k: int, max_new: int, threads: int):
 
 def premem_actors(model_dir: Path, prompt_ids, k: int, max_new: int, actors: int, threads: int, batch: int):
     """The score path: tasks on Ray actors (shards of 16 prompts), checkpoint loaded once per actor."""
-    from premem.sampling.actors import Task, ray_init, run_tasks, start_actors
+    from premem.execution import ExecConfig, pool, ray_init, run_tasks
+    from premem.sampling.actors import SamplerActor, Task
     from premem.sampling.backend import BackendOptions, SamplingParams
-    from premem.sampling.checkpoints import find_checkpoints
+    from premem.runs import find_checkpoints
 
     ckpt = find_checkpoints(model_dir)[0]
     params = SamplingParams(samples=k, max_new_tokens=max_new, stop=[])
     ray_init(None, num_cpus=os.cpu_count())
     # the pool lives until the benchmark ends (its actors are killed then), across the timed repeats
-    pool = POOLS.enter_context(start_actors(actors, "hf", BackendOptions(threads=threads, batch_size=batch), params))
+    options = BackendOptions(threads=threads, batch_size=batch)
+    actor_pool = POOLS.enter_context(pool(ExecConfig(options=options, actors=actors), SamplerActor, ("hf", options, params)))
     shard = 16
     tasks = [
         Task(ckpt, "test", i // shard, list(range(i, i + shard)), prompt_ids[i : i + shard], None,
@@ -142,7 +145,7 @@ def premem_actors(model_dir: Path, prompt_ids, k: int, max_new: int, actors: int
             nonlocal total
             total += sum(c.n_tokens for comps in result.completions for c in comps)
 
-        run_tasks(pool, tasks, add)
+        run_tasks(actor_pool, tasks, add)
         return total
 
     return run

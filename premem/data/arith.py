@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from premem.errors import InputError
+from premem.execution import check_int
 from premem.files import atomic_path
 
 NAMES = (
@@ -98,6 +99,22 @@ class ArithConfig:
     """Phrasings to choose from per solution step (1..6): the memorizable detail."""
     seed: int = 0
     """Everything is a function of this seed."""
+
+    def validate(self, prefix: str = "", min_train: int = 1) -> None:
+        """One InputError naming the first bad setting (prefix: where the config sits, e.g. "benchmark.")."""
+        check_int(prefix + "n_train", self.n_train, min_train)
+        check_int(prefix + "n_test", self.n_test, 1)
+        steps = list(self.steps) if isinstance(self.steps, (list, tuple)) else None
+        if not (steps and len(steps) == 2 and all(isinstance(n, int) and not isinstance(n, bool) for n in steps)
+                and 1 <= steps[0] <= steps[1]):
+            raise InputError(f"{prefix}steps: expected [fewest, most] operations per problem, 1 <= fewest <= most, "
+                             f"got {self.steps!r}")
+        check_int(prefix + "max_number", self.max_number, 2)  # a problem starts with 2..max_number things
+        check_int(prefix + "max_operand", self.max_operand, 1)
+        check_int(prefix + "phrasings", self.phrasings, 1)
+        if self.phrasings > 6:
+            raise InputError(f"{prefix}phrasings: expected 1..6 (the phrasings each step has), got {self.phrasings!r}")
+        check_int(prefix + "seed", self.seed, 0)
 
 
 def problem(rng: random.Random, cfg: ArithConfig, ops: str | None = None, like: list[int] | None = None,
@@ -295,3 +312,12 @@ def write_jsonl(rows: list[dict], path: str | Path, keys: tuple[str, ...] = ("qu
             for r in rows:
                 f.write(json.dumps({k: r[k] for k in keys}) + "\n")
     return Path(path)
+
+
+def write_benchmark(cfg: ArithConfig, data_dir: str | Path) -> tuple[Path, Path]:
+    """train.jsonl and test.jsonl in data_dir; the same seed writes the same files, so later stages can reuse work."""
+    train, test = generate(cfg)
+    paths = Path(data_dir) / "train.jsonl", Path(data_dir) / "test.jsonl"
+    for rows, path in zip((train, test), paths):
+        write_jsonl(rows, path)
+    return paths

@@ -35,19 +35,14 @@ from pathlib import Path
 import pandas as pd
 
 from premem.data import DataConfig
-from premem.data.arith import ArithConfig, preference_pairs, sft_both, write_jsonl
+from premem.data.arith import ArithConfig, preference_pairs, sft_both, write_benchmark, write_jsonl
 from premem.errors import InputError
+from premem.execution import ExecConfig, check_int
 from premem.files import atomic_path
-from premem.recipes.quickstart import (
-    BaseModelConfig,
-    build_base_model,
-    check_base_model,
-    check_benchmark,
-    check_train,
-    write_benchmark,
-)
-from premem.sampling.backend import check_int
-from premem.train.sft import TrainConfig
+from premem.metrics.probe_analysis import SeedScores, extend_comparison, moves_table, sft_moves, tables_text, verdicts
+from premem.report.probe_experiment import build_experiment_report
+from premem.train.base_model import BaseModelConfig, build_base_model
+from premem.train.config import TrainConfig, check_recipe_train
 
 log = logging.getLogger(__name__)
 
@@ -88,36 +83,63 @@ class ProbesConfig:
     """Probe prompts per seed."""
     rephrase: bool = True
     """Probe types rephrase_chosen/rephrase_rejected, written by sft's last checkpoint."""
-    actors: int = 1
-    """Ray actors that score the probes."""
-    progress: bool = True
-    """Show progress bars."""
+    exec: ExecConfig = field(default_factory=ExecConfig)
+    """How the probes are scored (backend, its options, Ray actors: one pool for every run) and the rephrases
+    written (backend and options), and whether bars show."""
 
 
 @dataclass(frozen=True, eq=False)
-class SeedResult:
-    seed: int
+class SeedResult(SeedScores):
+    """One seed's runs and probe scores (read once when the seed is done), and the store they came from."""
+
     store: Path
-    runs: list[str]  # in the order they were trained: sft, extend-sft, then dpo-e<k>, extend-dpo-e<k> per start
-    scores: pd.DataFrame  # the store's probe_scores, read once when the seed is done
 
 
-def experiment(cfg: ProbesConfig) -> list[SeedResult]:
+@dataclass(frozen=True, eq=False)
+class ProbesResult:
+    """What experiment() made: per seed its runs and scores; moves.csv, tables.txt and report.html in out."""
+
+    out: Path
+    dpo_from: list[int]
+    seeds: list[SeedResult]
+
+
+def experiment(cfg: ProbesConfig) -> ProbesResult:
     """Train, probe and track every run of every seed; write moves.csv, tables.txt and report.html."""
     validate(cfg)
     out = Path(cfg.out)
     _, test_path = write_benchmark(cfg.benchmark, out / "data")
-    base = build_base_model(cfg.model, cfg.benchmark, out / "base", cfg.progress)
+    base = build_base_model(cfg.model, cfg.benchmark, out / "base", cfg.exec.progress)
     results = [run_seed(cfg, base, test_path, seed) for seed in cfg.seeds]
     moves = moves_table(results)
     with atomic_path(out / "moves.csv") as tmp:
         moves.to_csv(tmp, index=False)
     with atomic_path(out / "tables.txt") as tmp:
         tmp.write_text(tables_text(results), encoding="utf-8")
-    from premem.report.probe_experiment import build_experiment_report
-
     build_experiment_report(out, results, moves, cfg)
-    return results
+    return ProbesResult(out, list(cfg.dpo_from), results)
+
+
+def summary(result: ProbesResult) -> str:
+    """What `premem experiment probes` prints when it is done: SFT's moves, the verdicts, the extend comparison."""
+    out = result.out
+    ext = extend_comparison(result.seeds, result.dpo_from)
+    lines = [
+        "\nSFT: change of the mean summed log π(y|x) per type, mean over seeds "
+        "(all: from the base model; trained: from the first epoch's checkpoint on)\n",
+        sft_moves(pd.read_csv(out / "moves.csv")).to_string(float_format=lambda v: f"{v:+.1f}"),
+        "\nsqueezing verdicts (change from the run's first checkpoint to its last; mean ± s.e. over prompts)\n",
+        verdicts(result.seeds).to_string(index=False),
+        "\nthe extend recipe: chosen's move under the same DPO, and extend − dpo paired by prompt "
+        "(positive: chosen falls less)\n",
+        ext.to_string(index=False, float_format=lambda v: f"{v:+.2f}"),
+    ]
+    for k, g in ext.groupby("from_epoch"):
+        lines.append(f"from SFT epoch {k}: extend − dpo = {g['difference'].mean():+.2f} nats over {len(g)} seeds "
+                     f"(per seed {', '.join(f'{d:+.2f}' for d in g['difference'])})")
+    lines.append(f"\n{out / 'tables.txt'} (every run's table per checkpoint)  {out / 'moves.csv'}")
+    lines.append(f"report: {out / 'report.html'}")
+    return "\n".join(lines)
 
 
 def validate(cfg: ProbesConfig) -> None:
@@ -126,16 +148,16 @@ def validate(cfg: ProbesConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"out: {out} exists and is not a directory")
-    check_benchmark(cfg.benchmark, "benchmark.", min_train=0)  # its test split gives the irrelevant responses
-    check_base_model(cfg.model, "model.")
+    cfg.benchmark.validate("benchmark.", min_train=0)  # its test split gives the irrelevant responses
+    cfg.model.validate("model.")
     if cfg.rejected not in REJECTED_KINDS:
         raise InputError(f"rejected {cfg.rejected!r}: expected one of {', '.join(REJECTED_KINDS)}")
     if cfg.dpo.method != "dpo":
         raise InputError(f"dpo.method {cfg.dpo.method!r}: the DPO runs must use method=dpo")
     if cfg.sft.method != "sft":
         raise InputError(f"sft.method {cfg.sft.method!r}: the SFT runs must use method=sft")
-    check_train(cfg.sft, "sft.", method="sft")
-    check_train(cfg.dpo, "dpo.", method="dpo")
+    check_recipe_train(cfg.sft, "sft.", method="sft")
+    check_recipe_train(cfg.dpo, "dpo.", method="dpo")
     if cfg.sft.save_every != "doubling":
         raise InputError(f"sft.save_every {cfg.sft.save_every!r}: the DPO starts are found by epoch; use doubling")
     doubling = {2**i for i in range(cfg.sft.epochs.bit_length())} | {cfg.sft.epochs}
@@ -153,13 +175,14 @@ def validate(cfg: ProbesConfig) -> None:
         check_int(f"seeds[{i}]", seed, 0)
     if len(set(cfg.seeds)) < len(cfg.seeds):
         raise InputError(f"seeds: {cfg.seeds} lists a seed twice")
-    check_int("actors", cfg.actors, 1)
+    cfg.exec.validate()
 
 
 def run_seed(cfg: ProbesConfig, base: Path, test_path: Path, seed: int) -> SeedResult:
-    from premem.data.probes import ProbeBuildConfig, build_probes
+    from premem.data.probes import ProbeBuildConfig
+    from premem.sampling.probe_build import build_probes
     from premem.sampling.probes import ProbeTrackConfig, track
-    from premem.train.sft import train
+    from premem.train.api import train
 
     where = Path(cfg.out) / f"seed{seed}"
     pairs_path, chosen_path, both_path = write_pairs(cfg, base, seed, where)
@@ -168,7 +191,7 @@ def run_seed(cfg: ProbesConfig, base: Path, test_path: Path, seed: int) -> SeedR
     def fit(c: TrainConfig, name: str, model: Path, data: Path) -> Path:
         log.info("seed %d: %s", seed, name)
         return train(dataclasses.replace(c, model=str(model), train=DataConfig(path=str(data)), out=str(runs / name),
-                                         run_name=name, seed=seed, progress=cfg.progress))
+                                         run_name=name, seed=seed, progress=cfg.exec.progress))
 
     sft = fit(cfg.sft, "sft", base, chosen_path)
     extend = fit(cfg.sft, "extend-sft", base, both_path)
@@ -181,13 +204,13 @@ def run_seed(cfg: ProbesConfig, base: Path, test_path: Path, seed: int) -> SeedR
     probes = where / "probes"
     if not (probes / "manifest.json").is_file():
         build_probes(ProbeBuildConfig(data=str(pairs_path), out=str(probes), n=cfg.probes, seed=seed,
-                                      irrelevant=str(test_path), model=str(sft), rephrase=cfg.rephrase))
+                                      irrelevant=str(test_path), model=str(sft), rephrase=cfg.rephrase, exec=cfg.exec))
     for run, start in starts.items():
         track(ProbeTrackConfig(run=str(runs / run), probes=str(probes), data=str(pairs_path), store=str(where / "store"),
-                               base=str(start), actors=cfg.actors, progress=cfg.progress))
+                               base=str(start), exec=cfg.exec))  # one pool for every run (premem.execution)
     from premem.store import ScoreStore
 
-    return SeedResult(seed, where / "store", list(starts), ScoreStore(where / "store").read("probe_scores"))
+    return SeedResult(seed, list(starts), ScoreStore(where / "store").read("probe_scores"), where / "store")
 
 
 def write_pairs(cfg: ProbesConfig, base: Path, seed: int, where: Path) -> tuple[Path, Path, Path]:
@@ -216,7 +239,7 @@ def sampled_wrong(rows: list[dict], base: Path, seed: int, samples: int = 8) -> 
     from premem.data.grading import get_grader
     from premem.data.templates import PaperTemplate
     from premem.sampling.backend import BackendOptions, SamplingParams
-    from premem.sampling.checkpoints import find_checkpoints
+    from premem.runs import find_checkpoints
     from premem.sampling.hf import HFBackend
 
     backend = HFBackend(find_checkpoints(base)[-1], BackendOptions(threads=1, batch_size=64))
@@ -241,7 +264,7 @@ def sampled_wrong(rows: list[dict], base: Path, seed: int, samples: int = 8) -> 
 
 def checkpoint_at_epoch(run_dir: Path, epoch: int) -> Path:
     """The run's checkpoint saved at the end of this epoch (premem_run.json records each one's epoch)."""
-    from premem.train.sft import read_run_info
+    from premem.runs import read_run_info
 
     info = read_run_info(run_dir) or {}
     for c in info.get("checkpoints", []):
@@ -249,69 +272,3 @@ def checkpoint_at_epoch(run_dir: Path, epoch: int) -> Path:
             return run_dir / f"checkpoint-{c['step']}"
     have = ", ".join(f"{c['epoch']:g}" for c in info.get("checkpoints", []))
     raise InputError(f"{run_dir}: no checkpoint at epoch {epoch} (epochs: {have or 'none'})")
-
-
-def moves_table(results: list[SeedResult]) -> pd.DataFrame:
-    """One row per seed, run, type and span: the move's mean, s.e., prompts up and prompts scored.
-    span "all" is first to last checkpoint; SFT runs also get "trained", from their first checkpoint after
-    step 0 on (the first epoch also teaches the base model the traces' format, which lifts every response)."""
-    from premem.metrics.probes import moves
-
-    rows = []
-    for r in results:
-        for run in r.runs:
-            steps = sorted(set(r.scores.loc[r.scores["run"] == run, "step"]))
-            spans = {"all": None} | ({"trained": steps[1]} if run.endswith("sft") and len(steps) > 2 else {})
-            for span, first in spans.items():
-                for t, m in moves(r.scores, run, first=first).items():
-                    rows.append({"seed": r.seed, "run": run, "span": span, "first_step": first or steps[0],
-                                 "last_step": steps[-1], "type": t, "mean": m.mean, "sem": m.sem, "up": m.up, "n": m.n})
-    return pd.DataFrame(rows)
-
-
-def sft_moves(moves: pd.DataFrame) -> pd.DataFrame:
-    """The SFT runs' moves, mean over seeds: rows types (in table order), columns "<run> <span> (step a → b)"."""
-    from premem.data.probes import ALL_TYPES
-
-    sft = moves[moves["run"].str.endswith("sft")]
-    if sft.empty:
-        return pd.DataFrame()
-    sft = sft.assign(column=[f"{r} {s} (step {a} → {b})" for r, s, a, b in
-                             zip(sft["run"], sft["span"], sft["first_step"], sft["last_step"])])
-    table = sft.pivot_table(index="type", columns="column", values="mean", aggfunc="mean", sort=False)
-    return table.loc[[t for t in ALL_TYPES if t in table.index]].rename_axis(columns=None)
-
-
-def tables_text(results: list[SeedResult]) -> str:
-    from premem.metrics.probes import report
-
-    return "\n\n".join(f"== seed {r.seed} ==\n\n{report(r.scores, r.runs)}" for r in results) + "\n"
-
-
-def extend_comparison(results: list[SeedResult], dpo_from: list[int]) -> pd.DataFrame:
-    """Per seed and DPO start: chosen's move under DPO in each arm, and extend's minus plain's, paired by prompt
-    (positive: chosen falls less after the extend recipe's SFT)."""
-    from premem.metrics.probes import compare, moves
-
-    rows = []
-    for r in results:
-        for k in dpo_from:
-            plain, ext = f"dpo-e{k}", f"extend-dpo-e{k}"
-            d = compare(r.scores, ext, plain, "chosen")
-            rows.append({"seed": r.seed, "from_epoch": k, "dpo_chosen": moves(r.scores, plain)["chosen"].mean,
-                         "extend_chosen": moves(r.scores, ext)["chosen"].mean, "difference": d.mean, "sem": d.sem,
-                         "prompts_less_fall": d.up, "n": d.n})
-    return pd.DataFrame(rows)
-
-
-def verdicts(results: list[SeedResult]) -> pd.DataFrame:
-    """Per seed and run: the squeezing verdict and its three moves."""
-    from premem.metrics.probes import squeezing
-
-    rows = []
-    for r in results:
-        for run in r.runs:
-            v = squeezing(r.scores, run)
-            rows.append({"seed": r.seed, "run": run, "squeezing": {True: "yes", False: "no", None: "?"}[v.squeezing],
-                         **{t: v.moves[t].describe() if t in v.moves else "-" for t in ("greedy", "chosen", "rejected")}})
-    return pd.DataFrame(rows)

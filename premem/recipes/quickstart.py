@@ -16,45 +16,22 @@ and a killed one picks up where it stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from premem.data import DataConfig, load_example_set
-from premem.data.arith import ArithConfig, generate, pretraining_texts, write_jsonl
+from premem.data import DataConfig
+from premem.data.arith import ArithConfig, write_benchmark
 from premem.errors import InputError
+from premem.execution import BackendOptions, ExecConfig, check_number
 from premem.files import atomic_path
-from premem.sampling.backend import BackendOptions, SamplingParams, check_int, check_number
-from premem.train.sft import SweepConfig, TrainConfig, check_config, check_scheduler
+from premem.sampling.backend import SamplingParams
+from premem.train.base_model import BaseModelConfig, build_base_model
+from premem.train.config import SweepConfig, TrainConfig, check_recipe_train, check_sweep
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BaseModelConfig:
-    """The tiny decoder every run starts from."""
-
-    hidden_size: int = 64
-    """Width (heads * 32: head size 32 is one vLLM's CPU kernels support)."""
-    layers: int = 2
-    """Transformer blocks."""
-    heads: int = 2
-    """Attention heads."""
-    vocab_size: int = 1024
-    """Byte-level BPE vocabulary trained on the benchmark's text."""
-    pretrain_steps: int = 800
-    """Causal-LM steps on the related text before any finetuning."""
-    pretrain_lr: float = 3e-3
-    """Peak learning rate of the pretraining."""
-    pretrain_problems: int = 2000
-    """Problems, in the pretraining corpus's own phrasing, among the related text."""
-    fact_passes: int = 8
-    """Times each arithmetic fact appears in the related text."""
-    seed: int = 0
-    """Seed of the initial weights and of the pretraining batches."""
 
 
 @dataclass
@@ -77,15 +54,14 @@ class QuickstartConfig:
     """The grid of runs: one per combination."""
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(samples=4, max_new_tokens=96))
     """How answers are sampled at every checkpoint."""
-    actors: int = 2
-    """Ray sampler actors (one thread each)."""
+    exec: ExecConfig = field(
+        default_factory=lambda: ExecConfig(options=BackendOptions(threads=1, batch_size=64), actors=2))
+    """How scoring runs (backend, its options, Ray actors: one pool for every run) and whether bars show."""
     tau: str | float | None = None
     """Memorization threshold on log(log(ppl)), auto (chosen by nested leave-one-run-out), or unset: the default
     premem predict and report use (auto where at least 3 runs have test scores, else the paper's -2.3)."""
     curate_fraction: float = 0.25
     """Share of the training examples, lowest pre-memorization accuracy first, in curated/ (premem curate's output)."""
-    progress: bool = True
-    """Show progress bars."""
 
 
 @dataclass
@@ -96,6 +72,16 @@ class QuickstartResult:
     report: Path
     curated: Path
     seconds: dict[str, float]
+
+
+def summary(result: QuickstartResult) -> str:
+    """What `premem quickstart` prints at the end: the time per stage, the fit table, where the outputs are."""
+    from premem.metrics.predict import fit_table
+
+    took = result.seconds
+    return (f"\npremem quickstart: {len(result.runs)} runs in {result.out} ({sum(took.values()):.0f} s: "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in took.items()) + ")\n\n" + fit_table(result.prediction)
+            + f"\n\ncurated subset (lowest pre-memorization accuracy): {result.curated}\nreport: {result.report}")
 
 
 def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
@@ -111,7 +97,7 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     stage("benchmark")
     train_path, test_path = write_benchmark(cfg.benchmark, out / "data")
     stage("base model")
-    base = build_base_model(cfg.model, cfg.benchmark, out / "base", cfg.progress)
+    base = build_base_model(cfg.model, cfg.benchmark, out / "base", cfg.exec.progress)
     stage("train")
     run_dirs = train_runs(cfg, base, train_path, out / "runs")
     stage("score")
@@ -152,12 +138,12 @@ def validate(cfg: QuickstartConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"out: {out} exists and is not a directory")
-    check_benchmark(cfg.benchmark, "benchmark.", min_train=1)
-    check_base_model(cfg.model, "model.")
-    check_train(cfg.train, "train.")
+    cfg.benchmark.validate("benchmark.", min_train=1)
+    cfg.model.validate("model.")
+    check_recipe_train(cfg.train, "train.")
     check_sweep(cfg.sweep, "sweep.")
     cfg.sampling.validate("sampling.")
-    check_int("actors", cfg.actors, 1)
+    cfg.exec.validate()
     tau = check_tau(cfg.tau)
     check_number("curate_fraction", cfg.curate_fraction, lambda f: 0 < f <= 1, "a number in (0, 1]")
     n_runs = 1
@@ -169,137 +155,20 @@ def validate(cfg: QuickstartConfig) -> None:
                          + (", tau=auto chooses tau on the others)" if tau == "auto" else ")"))
 
 
-# -- checks every recipe shares (curation and probes use them too) ----------------------------
-
-
-def check_benchmark(b: ArithConfig, prefix: str, min_train: int) -> None:
-    check_int(prefix + "n_train", b.n_train, min_train)
-    check_int(prefix + "n_test", b.n_test, 1)
-    steps = list(b.steps) if isinstance(b.steps, (list, tuple)) else None
-    if not (steps and len(steps) == 2 and all(isinstance(n, int) and not isinstance(n, bool) for n in steps)
-            and 1 <= steps[0] <= steps[1]):
-        raise InputError(f"{prefix}steps: expected [fewest, most] operations per problem, 1 <= fewest <= most, "
-                         f"got {b.steps!r}")
-    check_int(prefix + "max_number", b.max_number, 2)  # a problem starts with 2..max_number things
-    check_int(prefix + "max_operand", b.max_operand, 1)
-    check_int(prefix + "phrasings", b.phrasings, 1)
-    if b.phrasings > 6:
-        raise InputError(f"{prefix}phrasings: expected 1..6 (the phrasings each step has), got {b.phrasings!r}")
-    check_int(prefix + "seed", b.seed, 0)
-
-
-def check_base_model(m: BaseModelConfig, prefix: str) -> None:
-    for name, least in (("hidden_size", 1), ("layers", 1), ("heads", 1), ("pretrain_steps", 1),
-                        ("pretrain_problems", 0), ("fact_passes", 1), ("seed", 0)):
-        check_int(prefix + name, getattr(m, name), least)
-    if m.hidden_size % m.heads:
-        raise InputError(f"{prefix}hidden_size: {m.hidden_size} is not a multiple of heads ({m.heads})")
-    check_int(prefix + "vocab_size", m.vocab_size, 260)  # byte-level BPE: 256 bytes and 4 special tokens at least
-    check_number(prefix + "pretrain_lr", m.pretrain_lr, lambda lr: lr > 0, "a number > 0")
-
-
-def check_train(t: TrainConfig, prefix: str, method: str = "sft") -> None:
-    """A recipe's training settings (model, data and out are the recipe's own), with train's own checks."""
-    try:
-        check_config(dataclasses.replace(t, model=t.model or "base", out=t.out or "runs"))
-        check_scheduler(t.lr_scheduler)
-    except InputError as e:
-        raise InputError(f"{prefix}{e}") from None
-    if t.method != method:
-        raise InputError(f"{prefix}method {t.method!r}: these runs must use method={method}")
-
-
-def check_sweep(sweep: SweepConfig, prefix: str) -> None:
-    """Each list of the grid: non-empty where given, no value twice, every value one a run can take."""
-    rules = {
-        "lr": lambda name, v: check_number(name, v, lambda lr: lr > 0, "a number > 0"),
-        "epochs": lambda name, v: check_int(name, v, 1),
-        "data_fraction": lambda name, v: check_number(name, v, lambda f: 0 < f <= 1, "a number in (0, 1]"),
-        "seed": lambda name, v: check_int(name, v, 0),
-    }
-    for key, check in rules.items():
-        values = getattr(sweep, key)
-        if values is None:
-            continue
-        if not isinstance(values, list) or not values:
-            raise InputError(f"{prefix}{key}: expected a non-empty list, got {values!r}")
-        for i, v in enumerate(values):
-            check(f"{prefix}{key}[{i}]", v)
-        if len(set(values)) < len(values):
-            raise InputError(f"{prefix}{key}: {values} lists a value twice (the same run twice)")
-
-
-def write_benchmark(cfg: ArithConfig, data_dir: Path) -> tuple[Path, Path]:
-    """train.jsonl and test.jsonl; the same seed writes the same files, so later stages can reuse work."""
-    train, test = generate(cfg)
-    paths = data_dir / "train.jsonl", data_dir / "test.jsonl"
-    for rows, path in zip((train, test), paths):
-        write_jsonl(rows, path)
-    return paths
-
-
-def build_base_model(cfg: BaseModelConfig, bench: ArithConfig, base: Path, progress: bool = True,
-                     vocab_rows: list[dict] | None = None) -> Path:
-    """The tiny model, pretrained on related text; reused while its settings are unchanged.
-
-    vocab_rows: finetuning-style problems the tokenizer also learns from (default: the benchmark's
-    training problems). Without them the traces' phrasings split into ~35% more tokens, and every
-    run learns less from the same examples."""
-    from premem.train.tiny import build_tiny_model, pretrain_briefly
-
-    marker = base / "premem_base.json"
-    settings = {"model": dataclasses.asdict(cfg), "benchmark": dataclasses.asdict(bench)}
-    if vocab_rows is None:  # the default follows from the benchmark's settings, already recorded
-        vocab_rows = generate(bench)[0]
-    else:
-        settings["vocab_rows"] = dataset_fingerprint_rows(vocab_rows)
-    if marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(settings)):
-        log.info("base model: reusing %s", base)
-        return base
-    marker.unlink(missing_ok=True)
-    texts = pretraining_texts(bench, n_problems=cfg.pretrain_problems, fact_passes=cfg.fact_passes)
-    # the tokenizer also sees the finetuning traces, so their words are whole tokens
-    vocab_text = texts + [r["question"] + "\nAnswer: " + r["answer"] for r in vocab_rows]
-    build_tiny_model(vocab_text, base, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, layers=cfg.layers,
-                     heads=cfg.heads, seed=cfg.seed)
-    loss = pretrain_briefly(base, texts, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr, seed=cfg.seed, threads=1,
-                             progress=progress)
-    log.info("base model: pretrained %d steps, last loss %.3f", cfg.pretrain_steps, loss)
-    with atomic_path(marker) as tmp:
-        tmp.write_text(json.dumps(settings, indent=1))
-    return base
-
-
-def dataset_fingerprint_rows(rows: list[dict]) -> str:
-    import hashlib
-
-    return hashlib.sha256("\n".join(r["question"] + r["answer"] for r in rows).encode()).hexdigest()[:16]
-
-
 def train_runs(cfg: QuickstartConfig, base: Path, train_path: Path, runs_dir: Path) -> list[Path]:
-    from premem.train.sft import sweep
+    from premem.train.api import sweep
 
-    run_cfg = dataclasses.replace(
-        cfg.train, model=str(base), train=DataConfig(path=str(train_path)), out=str(runs_dir), progress=cfg.progress
-    )
+    run_cfg = replace(cfg.train, model=str(base), train=DataConfig(path=str(train_path)), out=str(runs_dir),
+                      progress=cfg.exec.progress)
     return sweep(run_cfg, cfg.sweep)
 
 
 def score_runs(cfg: QuickstartConfig, run_dirs: list[Path], train_path: Path, test_path: Path, store: Path) -> Path:
+    """Every run into one store. The first run that has work starts Ray and the actors; every later one (and a
+    later call in this process) finds them running, engines loaded (premem.execution keeps one pool)."""
     from premem.sampling.job import ScoreConfig, score
 
     for run in run_dirs:
-        score(
-            ScoreConfig(
-                run=str(run),
-                store=str(store),
-                train=DataConfig(path=str(train_path)),
-                test=DataConfig(path=str(test_path)),
-                sampling=cfg.sampling,
-                options=BackendOptions(threads=1, batch_size=64),
-                actors=cfg.actors,
-                shard_size=64,
-                progress=cfg.progress,
-            )
-        )
+        score(ScoreConfig(run=str(run), store=str(store), train=DataConfig(path=str(train_path)),
+                          test=DataConfig(path=str(test_path)), sampling=cfg.sampling, exec=cfg.exec, shard_size=64))
     return store

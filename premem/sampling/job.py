@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +29,12 @@ from tqdm.auto import tqdm
 
 from premem.data import DataConfig, Example, ExampleSet, get_grader, get_template, load_example_set
 from premem.errors import InputError
+from premem.execution import ExecConfig
 from premem.files import check_output
-from premem.sampling.backend import BackendOptions, SamplingParams, check_execution, check_int
-from premem.sampling.checkpoints import (
-    Checkpoint,
-    check_same_tokenizer,
-    find_checkpoints,
-    load_config,
-    load_tokenizer,
-)
+from premem.models import check_same_tokenizer, load_config, load_tokenizer
+from premem.runs import RUN_COLUMNS, RUN_INFO, Checkpoint, find_checkpoints, read_run_info
+from premem.sampling.backend import BackendOptions, SamplingParams, check_int
 from premem.store import ScoreStore
-from premem.train.sft import RUN_INFO, read_run_info
 
 log = logging.getLogger(__name__)
 
@@ -67,26 +62,16 @@ class ScoreConfig:
     """Name of the run in the store (default: the run directory's name)."""
     base_model: str | None = None
     """Base model for LoRA adapters (default: what adapter_config.json names)."""
-    backend: str = "hf"
-    """hf (transformers) or vllm."""
     sampling: SamplingParams = field(default_factory=SamplingParams)
     """How answers are sampled."""
-    options: BackendOptions = field(default_factory=BackendOptions)
-    """How a backend loads and runs a checkpoint."""
     template: str = "paper"
     """Prompt template: paper (question + "\\nAnswer:") or chat (the tokenizer's chat template)."""
     count: str = "strict"
     """Which extraction counts a sample correct in n_correct: strict (#### / \\boxed) or flexible."""
     shard_size: int = 64
     """Examples per task; a killed job loses at most one task per actor."""
-    actors: int = 1
-    """Ray sampler actors (one per GPU; on CPU each takes options.threads cores)."""
-    gpus_per_actor: float = 0.0
-    """GPUs per actor (set 1 on a GPU machine)."""
-    address: str | None = None
-    """Ray cluster address to join (default: start a local Ray)."""
-    progress: bool = True
-    """Show a progress bar."""
+    exec: ExecConfig = field(default_factory=ExecConfig)
+    """How the work runs: backend, its options, Ray actors and cluster, progress bar."""
 
     def validate(self) -> None:
         """Refuse every setting that cannot work, before anything is read, written or started."""
@@ -102,7 +87,7 @@ class ScoreConfig:
             raise InputError("train_examples=none scores test queries only: say which test data (--test)")
         check_int("shard_size", self.shard_size, 1)
         self.sampling.validate()
-        check_execution(self.backend, self.options, self.actors, self.gpus_per_actor)
+        self.exec.validate()
 
     @property
     def has_test(self) -> bool:
@@ -141,7 +126,8 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     is written; an error in a task is a TaskFailed naming the checkpoint.
     """
     cfg.validate()
-    checkpoints = find_checkpoints(cfg.run, cfg.run_name, cfg.base_model, allow_pickle=cfg.options.allow_pickle)
+    options = cfg.exec.options
+    checkpoints = find_checkpoints(cfg.run, cfg.run_name, cfg.base_model, allow_pickle=options.allow_pickle)
     if cfg.checkpoints == "last":
         checkpoints = checkpoints[-1:]
     run = checkpoints[0].run
@@ -150,9 +136,9 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     if cfg.has_test:
         data["test"] = load_example_set(cfg.test)
 
-    tokenizer = check_tokenizers(checkpoints, cfg.options)
+    tokenizer = check_tokenizers(checkpoints, options)
     template = get_template(cfg.template, tokenizer)
-    context = context_length(load_config(checkpoints[0], cfg.options))
+    context = context_length(load_config(checkpoints[0], options))
     encoded = {split: encode(ds, template, tokenizer, context, cfg.sampling, split) for split, ds in data.items()}
     if "train" in data and cfg.train_examples == "trained" and meta.get("train_example_ids") is not None:
         encoded["train"] = only_trained(encoded["train"], meta["train_example_ids"], cfg.run, data["train"].path)
@@ -163,20 +149,23 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     if existing is not None:
         check_data_unchanged(existing, data)
     scored = {split: stored_keys(existing, score_table(split)) if existing else set() for split in data}
-    tasks = [t for c in checkpoints for split in data for t in make_tasks(c, split, encoded[split], params, cfg.shard_size)]
+    # vLLM's merged LoRA / GGUF copies: only under the directories the user named. The tasks carry it, so that
+    # actors kept from an earlier job (another store) serve this one too
+    cache_dir = options.cache_dir or str(Path(cfg.store).resolve() / "cache")
+    tasks = [replace(t, cache_dir=cache_dir) for c in checkpoints for split in data
+             for t in make_tasks(c, split, encoded[split], params, cfg.shard_size)]
     todo = [t for t in tasks if not task_done(t, scored)]
     log.info("%s: %d checkpoints, %d tasks, %d already done", run, len(checkpoints), len(tasks), len(tasks) - len(todo))
 
-    pool = nullcontext([])
+    actors = nullcontext([])
     if todo:
-        from premem.sampling.actors import ray_init, start_actors
+        from premem.execution import pool
+        from premem.sampling.actors import SamplerActor
 
-        ray_init(cfg.address)
-        if cfg.options.cache_dir is None:  # write only under the directories the user named
-            cfg.options.cache_dir = str(Path(cfg.store).resolve() / "cache")
-        pool = start_actors(max(1, min(cfg.actors, len(todo))), cfg.backend, cfg.options, params, cfg.gpus_per_actor)
-    with pool as actors:  # started, or refused by the cluster, before anything is written
-        return write_scores(cfg, run, meta, checkpoints, data, tasks, todo, actors)
+        args = (cfg.exec.backend, replace(options, cache_dir=None), params)
+        actors = pool(cfg.exec, SamplerActor, args, n=min(cfg.exec.actors, len(todo)))
+    with actors as started:  # the process's live actors, or new ones, or refused by the cluster: before any write
+        return write_scores(cfg, run, meta, checkpoints, data, tasks, todo, started)
 
 
 def write_scores(cfg: ScoreConfig, run: str, meta: dict, checkpoints, data, tasks, todo, actors) -> ScoreSummary:
@@ -190,7 +179,7 @@ def write_scores(cfg: ScoreConfig, run: str, meta: dict, checkpoints, data, task
     tokens = 0
     graders = {split: get_grader(ds.grader) for split, ds in data.items()}
     answers = {split: {ex.example_id: ex.answer for ex in ds.examples} for split, ds in data.items()}
-    bar = tqdm(total=len(todo), desc=f"scoring {run}", unit="shard", disable=not cfg.progress)
+    bar = tqdm(total=len(todo), desc=f"scoring {run}", unit="shard", disable=not cfg.exec.progress)
 
     def on_result(result) -> None:
         nonlocal tokens
@@ -204,7 +193,7 @@ def write_scores(cfg: ScoreConfig, run: str, meta: dict, checkpoints, data, task
 
     retries = 0
     if todo:
-        from premem.sampling.actors import run_tasks
+        from premem.execution import run_tasks
 
         retries = run_tasks(actors, todo, on_result)
     bar.close()
@@ -229,9 +218,6 @@ def recorded_splits(store: ScoreStore) -> set[str]:
     return set(store.read("datasets")["split"]) if store.has("datasets") else set()
 
 
-RUN_COLUMNS = ("model", "lr", "epochs", "data_fraction", "seed", "batch_size", "n_train")
-
-
 def run_metadata(run_dir: str | Path) -> dict:
     """The run's premem_run.json (written by `premem train`), or {} for runs made elsewhere."""
     meta = read_run_info(run_dir) or {}
@@ -243,7 +229,7 @@ def run_metadata(run_dir: str | Path) -> dict:
 
 def run_row(run: str, cfg: ScoreConfig, meta: dict) -> pd.DataFrame:
     """The run's row of runs.parquet: where it is, how it was scored, and how it was trained."""
-    row = {"run": run, "path": str(Path(cfg.run).resolve()), "backend": cfg.backend}
+    row = {"run": run, "path": str(Path(cfg.run).resolve()), "backend": cfg.exec.backend}
     row |= {k: meta[k] for k in RUN_COLUMNS if meta.get(k) is not None}
     if meta.get("train_example_ids") is not None:
         row["train_example_ids"] = [int(i) for i in meta["train_example_ids"]]

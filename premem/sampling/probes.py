@@ -8,10 +8,11 @@ y* of each probe prompt: the argmax token at each position of [prompt; y+] (teac
 the chosen response), and its log-probability as Ren & Sutherland's code measures it: the sum
 over the positions of the argmax token's log-probability under that same teacher forcing,
 sum_t max_v log π(v | x, y+_<t). That is the mass the model puts on its own favourite next token
-along the chosen response, which the squeezing effect inflates. Its text is kept in the row
-(type `greedy`, column text).
+along the chosen response, which the squeezing effect inflates (the backends' `target_argmax`).
+Its text is kept in the row (type `greedy`, column text). Only the Backend protocol is used, so
+every backend tracks probes the same way.
 
-One task per checkpoint, run by Ray actors (the scheduler of premem.sampling.actors, with
+One task per checkpoint, run by Ray actors (premem.execution: one kept pool, with
 checkpoint affinity and retries); each finished task is written as its own part of the store
 (`parts/probe_scores/run=<run>.step=<step>.probes.parquet`), so a re-run skips what is done.
 The probe set is recorded in the store's datasets table (split `probes`): a store tracks one.
@@ -31,9 +32,10 @@ from tqdm.auto import tqdm
 
 from premem.data.probes import PROBES_FILE, ProbeSet, check_probes_match, load_probes
 from premem.errors import InputError
-from premem.sampling.actors import SamplerActor
-from premem.sampling.backend import BackendOptions, SamplingParams, TargetLogprob, check_execution
-from premem.sampling.checkpoints import Checkpoint, find_checkpoints
+from premem.runs import Checkpoint, find_checkpoints
+from premem.execution import ExecConfig
+from premem.sampling.actors import CheckpointWork, SamplerActor
+from premem.sampling.backend import Backend, BackendOptions, SamplingParams, TargetArgmax, TargetLogprob
 from premem.store import ScoreStore
 
 log = logging.getLogger(__name__)
@@ -59,18 +61,8 @@ class ProbeTrackConfig:
     """Name of the run in the store (default: the run directory's name)."""
     base_model: str | None = None
     """Base model directory for LoRA adapters (default: what adapter_config.json names)."""
-    backend: str = "hf"
-    """hf (transformers) or vllm."""
-    options: BackendOptions = field(default_factory=BackendOptions)
-    """How a backend loads and runs a checkpoint."""
-    actors: int = 1
-    """Ray actors (on CPU each takes options.threads cores)."""
-    gpus_per_actor: float = 0.0
-    """GPUs per actor (set 1 on a GPU machine)."""
-    address: str | None = None
-    """Ray cluster address to join (default: start a local Ray)."""
-    progress: bool = True
-    """Show a progress bar."""
+    exec: ExecConfig = field(default_factory=ExecConfig)
+    """How the work runs: backend, its options, Ray actors and cluster, progress bar."""
 
     def validate(self) -> None:
         """Refuse every setting that cannot work, before anything is read, written or started."""
@@ -80,12 +72,12 @@ class ProbeTrackConfig:
             if not getattr(self, name):
                 raise InputError(f"probe track: say which {name} (--{name})")
         check_store_path(self.store)
-        check_execution(self.backend, self.options, self.actors, self.gpus_per_actor)
+        self.exec.validate()
 
 
 @dataclass
-class ProbeTask:
-    """Every probe row of one checkpoint (run_tasks needs .checkpoint and .part)."""
+class ProbeTask(CheckpointWork):
+    """Every probe row of one checkpoint (run_tasks needs .affinity, .where and .part)."""
 
     checkpoint: Checkpoint
     keys: list[tuple[int, str]]  # (probe_id, type) per row
@@ -94,6 +86,7 @@ class ProbeTask:
     greedy_ids: list[int]  # probe ids with a chosen response: their y*
     greedy_prompt_ids: list[list[int]]
     greedy_chosen_ids: list[list[int]]
+    cache_dir: str | None = None  # vLLM's merged LoRA / GGUF copies: the job's, not the actor's (kept across jobs)
 
     @property
     def part(self) -> str:
@@ -103,11 +96,18 @@ class ProbeTask:
 @dataclass
 class ProbeResult:
     task: ProbeTask
-    scores: list[TargetLogprob]
-    greedy_tokens: list[list[int]]
-    greedy_scores: list[TargetLogprob]
+    scores: list[TargetLogprob]  # per row of task.keys
+    greedy: list[TargetArgmax]  # per probe of task.greedy_ids: its y* and y*'s log-probability
     seconds: float
     pid: int
+
+
+def score_task(backend: Backend, task: ProbeTask) -> ProbeResult:
+    """One checkpoint's probe rows and greedy responses, through any backend's teacher forcing."""
+    start = time.perf_counter()
+    scores = backend.target_logprobs(task.prompt_ids, task.target_ids)
+    greedy = backend.target_argmax(task.greedy_prompt_ids, task.greedy_chosen_ids) if task.greedy_ids else []
+    return ProbeResult(task, scores, greedy, time.perf_counter() - start, os.getpid())
 
 
 class ProbeActor(SamplerActor):
@@ -117,50 +117,7 @@ class ProbeActor(SamplerActor):
         super().__init__(backend, options, SamplingParams(), verbose)
 
     def run(self, task: ProbeTask) -> ProbeResult:  # type: ignore[override]
-        start = time.perf_counter()
-        self.load(task.checkpoint)
-        scores = self.backend.target_logprobs(task.prompt_ids, task.target_ids)
-        greedy, greedy_scores = [], []
-        if task.greedy_ids:
-            found = teacher_forced_argmax(self.backend, task.greedy_prompt_ids, task.greedy_chosen_ids)
-            greedy = [tokens for tokens, _ in found]
-            greedy_scores = [TargetLogprob(total, len(tokens)) for tokens, total in found]
-        return ProbeResult(task, scores, greedy, greedy_scores, time.perf_counter() - start, os.getpid())
-
-
-def teacher_forced_argmax(backend, prompt_ids: list[list[int]], target_ids: list[list[int]]
-                          ) -> list[tuple[list[int], float]]:
-    """For each (prompt, target): the most likely token at each target position given the gold prefix, and
-    the sum of those tokens' log-probabilities (each given the gold prefix)."""
-    if backend.name == "hf":
-        return _argmax_hf(backend, prompt_ids, target_ids)
-    if backend.name == "vllm":
-        return _argmax_vllm(backend, prompt_ids, target_ids)
-    raise InputError(f"backend {backend.name!r}: cannot compute the greedy response (no teacher-forced argmax)")
-
-
-def _argmax_hf(backend, prompt_ids, target_ids) -> list[tuple[list[int], float]]:
-    out: list = [None] * len(prompt_ids)
-    for i, logp, _ in backend.target_log_softmax(prompt_ids, target_ids):
-        best = logp.max(-1)
-        out[i] = (best.indices.tolist(), float(best.values.sum()))
-    return out
-
-
-def _argmax_vllm(backend, prompt_ids, target_ids) -> list[tuple[list[int], float]]:
-    from vllm import SamplingParams as VLLMParams
-    from vllm.inputs import TokensPrompt
-
-    # prompt_logprobs=1: at each position the actual token's logprob and the top-1 token's (rank 1)
-    params = VLLMParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False)
-    outs = backend._llm().generate([TokensPrompt(prompt_token_ids=p + t) for p, t in zip(prompt_ids, target_ids)],
-                                   params, use_tqdm=False)
-    result = []
-    for o, p, t in zip(outs, prompt_ids, target_ids):
-        best = [next((tok, lp.logprob) for tok, lp in o.prompt_logprobs[j].items() if lp.rank == 1)
-                for j in range(len(p), len(p) + len(t))]
-        result.append(([tok for tok, _ in best], float(sum(lp for _, lp in best))))
-    return result
+        return score_task(self.load(task.checkpoint, task.cache_dir), task)
 
 
 @dataclass
@@ -176,7 +133,7 @@ class TrackSummary:
 def track(cfg: ProbeTrackConfig) -> TrackSummary:
     """Score every probe response at every checkpoint of cfg.run into cfg.store; resumes."""
     from premem.sampling.job import check_tokenizers, context_length, recorded_splits
-    from premem.sampling.checkpoints import load_config
+    from premem.models import load_config
 
     cfg.validate()
     probes = load_probes(cfg.probes)
@@ -184,15 +141,16 @@ def track(cfg: ProbeTrackConfig) -> TrackSummary:
         from premem.data import DataConfig, load_example_set
 
         check_probes_match(probes, load_example_set(DataConfig(path=cfg.data)))
-    checkpoints = find_checkpoints(cfg.run, cfg.run_name, cfg.base_model, allow_pickle=cfg.options.allow_pickle)
+    options = cfg.exec.options
+    checkpoints = find_checkpoints(cfg.run, cfg.run_name, cfg.base_model, allow_pickle=options.allow_pickle)
     run = checkpoints[0].run
     if cfg.base:
         if checkpoints[0].step == 0:
             raise InputError(f"base: {cfg.run} has a checkpoint at step 0 already")
-        base = find_checkpoints(cfg.base, allow_pickle=cfg.options.allow_pickle)[-1]
+        base = find_checkpoints(cfg.base, allow_pickle=options.allow_pickle)[-1]
         checkpoints.insert(0, replace(base, run=run, step=0))
-    tokenizer = check_tokenizers(checkpoints, cfg.options)
-    context = context_length(load_config(checkpoints[0], cfg.options))
+    tokenizer = check_tokenizers(checkpoints, options)
+    context = context_length(load_config(checkpoints[0], options))
     encoded = encode_probes(probes, tokenizer, context)
 
     record = {"path": str(probes.path / PROBES_FILE), "n_examples": len(probes.rows), "format": "probes"}
@@ -200,25 +158,24 @@ def track(cfg: ProbeTrackConfig) -> TrackSummary:
     if existing is not None and "probes" in recorded_splits(existing):
         existing.check_dataset("probes", probes.fingerprint, **record)  # refuses another probe set; reads only
     done = stored_keys(existing) if existing else set()
-    tasks = [ProbeTask(c, *encoded) for c in checkpoints]
+    # vLLM's merged copies of LoRA / GGUF checkpoints: under the store (carried by the tasks: the actors are kept)
+    cache_dir = options.cache_dir or str(Path(cfg.store).resolve() / "cache")
+    tasks = [ProbeTask(c, *encoded, cache_dir=cache_dir) for c in checkpoints]
     expected = [(pid, t) for pid, t in encoded[0]] + [(pid, "greedy") for pid in encoded[3]]
     todo = [t for t in tasks if not all((run, t.checkpoint.step, pid, ty) in done for pid, ty in expected)]
     log.info("%s: %d checkpoints, %d already tracked", run, len(tasks), len(tasks) - len(todo))
 
     pool = nullcontext([])
     if todo:
-        from premem.sampling.actors import actor_pool, ray_init
+        from premem.execution import pool as actor_pool
 
-        ray_init(cfg.address)
-        if cfg.options.cache_dir is None:  # vLLM's merged copies of LoRA / GGUF checkpoints: under the store
-            cfg.options.cache_dir = str(Path(cfg.store).resolve() / "cache")
-        n = max(1, min(cfg.actors, len(todo)))
-        pool = actor_pool(ProbeActor, n, (cfg.backend, cfg.options), cfg.options.threads, cfg.gpus_per_actor)
-    with pool as actors:  # started, or refused by the cluster, before anything is written
+        args = (cfg.exec.backend, replace(options, cache_dir=None))
+        pool = actor_pool(cfg.exec, ProbeActor, args, n=min(cfg.exec.actors, len(todo)))
+    with pool as actors:  # the process's live actors, or new ones, or refused by the cluster: before any write
         store = ScoreStore(cfg.store, create=True)
         store.check_dataset("probes", probes.fingerprint, **record)
         start = time.perf_counter()
-        bar = tqdm(total=len(todo), desc=f"probing {run}", unit="ckpt", disable=not cfg.progress)
+        bar = tqdm(total=len(todo), desc=f"probing {run}", unit="ckpt", disable=not cfg.exec.progress)
 
         def on_result(result: ProbeResult) -> None:
             store.write_part(TABLE, result.task.part, result_rows(result, tokenizer))
@@ -226,7 +183,7 @@ def track(cfg: ProbeTrackConfig) -> TrackSummary:
 
         retries = 0
         if todo:
-            from premem.sampling.actors import run_tasks
+            from premem.execution import run_tasks
 
             retries = run_tasks(actors, todo, on_result)
         bar.close()
@@ -267,8 +224,9 @@ def result_rows(result: ProbeResult, tokenizer) -> pd.DataFrame:
     c = result.task.checkpoint
     rows = [(c.run, c.step, pid, ty, s.sum_logprob, s.n_tokens, None)
             for (pid, ty), s in zip(result.task.keys, result.scores)]
-    rows += [(c.run, c.step, pid, "greedy", s.sum_logprob, s.n_tokens, tokenizer.decode(toks, skip_special_tokens=True))
-             for pid, toks, s in zip(result.task.greedy_ids, result.greedy_tokens, result.greedy_scores)]
+    rows += [(c.run, c.step, pid, "greedy", g.sum_logprob, g.n_tokens,
+              tokenizer.decode(list(g.tokens), skip_special_tokens=True))
+             for pid, g in zip(result.task.greedy_ids, result.greedy)]
     df = pd.DataFrame(rows, columns=["run", "step", "probe_id", "type", "sum_logprob", "n_tokens", "text"])
     df["mean_logprob"] = df["sum_logprob"] / df["n_tokens"]
     df["text"] = df["text"].astype(object)

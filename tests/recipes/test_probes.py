@@ -13,13 +13,15 @@ import pytest
 from premem.cli import main
 from premem.config import load_config
 from premem.data.grading import get_grader
-from premem.recipes.probes import ProbesConfig, experiment, extend_comparison, verdicts, write_pairs
+from premem.metrics.probe_analysis import extend_comparison, verdicts
+from premem.recipes.probes import ProbesConfig, experiment, summary, write_pairs
 
 # 150 pretraining steps: enough for the base model to end its (mostly wrong) answers with "#### N", which
 # rejected=sampled needs
 SMALL = ["seeds=[0]", "rejected=sampled", "pairs=16", "probes=4", "benchmark.n_train=32", "benchmark.n_test=12",
          "model.pretrain_steps=150", "model.pretrain_problems=200", "model.vocab_size=512", "sft.epochs=2",
-         "sft.batch_size=8", "dpo.epochs=2", "dpo.batch_size=8", "dpo_from=[1]", "rephrase=false", "actors=1", "progress=false"]
+         "sft.batch_size=8", "dpo.epochs=2", "dpo.batch_size=8", "dpo_from=[1]", "rephrase=false", "exec.actors=1",
+         "exec.progress=false"]
 RUNS = ["sft", "extend-sft", "dpo-e1", "extend-dpo-e1"]
 
 
@@ -50,8 +52,10 @@ def test_tiny_probe_experiment_end_to_end(tmp_path, capsys):
     assert sft.loc["all", "mean"] > 0  # two epochs of SFT on chosen raise it from the base model
     assert set(moves.loc[moves["run"] == "dpo-e1", "span"]) == {"all"}
 
-    results = experiment(cfg)  # a second call: every run, probe set and tracked checkpoint reused
-    assert [r.runs for r in results] == [RUNS]
+    result = experiment(cfg)  # a second call: every run, probe set and tracked checkpoint reused
+    results = result.seeds
+    assert [r.runs for r in results] == [RUNS] and result.out == out
+    assert printed.endswith(summary(result) + "\n")  # what the CLI prints is the recipe's summary, the same again
     v = verdicts(results).set_index("run")
     assert set(v["squeezing"]) <= {"yes", "no"} and re.fullmatch(r"[+-]\d+\.\d\d ± \d+\.\d\d \([0-4]/4 up\)",
                                                                   v.loc["dpo-e1", "chosen"])
@@ -81,7 +85,7 @@ def test_tiny_probe_experiment_end_to_end(tmp_path, capsys):
     ("sft.lr=-1", r"sft.lr: expected a value above 0, got -1.0"),
     ("dpo.beta=0", r"dpo.beta: expected a value above 0, got 0.0"),
     ("dpo_from=[1,1]", r"dpo_from \[1, 1\]: expected SFT epochs that are checkpointed"),
-    ("actors=0", r"actors: expected an integer >= 1, got 0"),
+    ("exec.actors=0", r"exec.actors: expected an integer >= 1, got 0"),
 ])
 def test_bad_settings_fail_before_anything_is_written(tmp_path, capsys, bad, message):
     out = tmp_path / "probes"

@@ -2,6 +2,7 @@
 (TRL training, Ray actors sampling, the fit, the curated subset, the HTML report)."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,20 +19,44 @@ ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
     "benchmark.n_train=48", "benchmark.n_test=24", "model.pretrain_steps=60", "model.pretrain_problems=200",
     "model.vocab_size=512", "train.checkpoints=2", "sweep.lr=[1e-3,3e-3]", "sweep.epochs=[1,3]", "sweep.data_fraction=[1.0]",
-    "sampling.samples=2", "sampling.max_new_tokens=48", "actors=1", "progress=false",
+    "sampling.samples=2", "sampling.max_new_tokens=48", "exec.actors=1", "exec.progress=false",
 ]
+
+
+class Starts(logging.Handler):
+    """The pool's word each time it starts actors."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.started = []
+
+    def emit(self, record):
+        if record.getMessage().startswith("starting "):
+            self.started.append(record.getMessage())
 
 
 @pytest.fixture(scope="module")
 def first(tmp_path_factory):
+    from premem.execution import release
+
     out = tmp_path_factory.mktemp("qs") / "out"
     cfg = load_config(QuickstartConfig, None, SMALL + [f"out={out}"])
-    return cfg, quickstart(cfg)
+    release()  # no actors kept from an earlier test: the quickstart starts its own
+    pool_log, starts = logging.getLogger("premem.execution.actor_pool"), Starts()
+    level = pool_log.level
+    pool_log.setLevel(logging.DEBUG)
+    pool_log.addHandler(starts)
+    try:
+        result = quickstart(cfg)
+    finally:
+        pool_log.removeHandler(starts)
+        pool_log.setLevel(level)
+    return cfg, result, starts.started
 
 
 @pytest.mark.slow
 def test_quickstart_writes_every_stage(first):
-    cfg, result = first
+    cfg, result, _ = first
     out = Path(cfg.out)
     assert sorted(result.runs) == ["lr1e-3_ep1_frac1_s0", "lr1e-3_ep3_frac1_s0", "lr3e-3_ep1_frac1_s0",
                                    "lr3e-3_ep3_frac1_s0"]
@@ -56,8 +81,14 @@ def test_quickstart_writes_every_stage(first):
 
 
 @pytest.mark.slow
+def test_one_pool_scores_every_run(first):
+    cfg, result, started = first
+    assert len(result.runs) == 4 and started == ["starting 1 SamplerActor actors (1 CPU, 0 GPUs each)"]
+
+
+@pytest.mark.slow
 def test_second_invocation_reuses_finished_work(first):
-    cfg, result = first
+    cfg, result, _ = first
     out = Path(cfg.out)
     weights = sorted(out.glob("runs/*/checkpoint-*/model.safetensors")) + [out / "base" / "model.safetensors"]
     before = {p: p.stat().st_mtime_ns for p in weights}
@@ -105,7 +136,8 @@ def test_quickstart_cli_rejects_bad_settings_before_writing(tmp_path, override, 
     ("sweep.data_fraction=[0.5,1.5]", "sweep.data_fraction[1]: expected a number in (0, 1], got 1.5"),
     ("sweep.lr=[1e-3,1e-3]", "sweep.lr: [0.001, 0.001] lists a value twice"),
     ("sampling.samples=0", "sampling.samples: expected an integer >= 1, got 0"),
-    ("actors=0", "actors: expected an integer >= 1, got 0"),
+    ("exec.actors=0", "exec.actors: expected an integer >= 1, got 0"),
+    ("exec.backend=tgi", "exec.backend: unknown backend 'tgi'"),
     ("tau=.nan", "tau: expected a finite number or 'auto'"),
     ("curate_fraction=0", "curate_fraction: expected a number in (0, 1], got 0.0"),
 ])
@@ -119,3 +151,11 @@ def test_every_setting_is_checked_before_anything_is_written(tmp_path, override,
     assert message in str(e.value) and "\n" not in str(e.value)
     assert os.listdir(tmp_path) == []
     validate(load_config(QuickstartConfig, None, [f"out={tmp_path / 'q'}"]))  # the defaults pass
+
+
+def test_a_yaml_exec_key_changes_only_what_it_names(tmp_path):
+    (tmp_path / "qs.yaml").write_text("exec: {backend: vllm}\n")
+    cfg = load_config(QuickstartConfig, str(tmp_path / "qs.yaml"), [])
+    # the quickstart's own defaults stay: one thread and batches of 64 per actor, two actors
+    assert (cfg.exec.backend, cfg.exec.options.threads, cfg.exec.options.batch_size, cfg.exec.actors) == ("vllm", 1, 64, 2)
+    assert load_config(QuickstartConfig, str(ROOT / "configs" / "quickstart.yaml"), []).exec == QuickstartConfig().exec

@@ -37,7 +37,7 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_llama_dir):
-    """The tiny Llama as a checkpoint, as premem.sampling.checkpoints finds one."""
-    from premem.sampling.checkpoints import Checkpoint
+    """The tiny Llama as a checkpoint, as premem.runs finds one."""
+    from premem.runs import Checkpoint
 
     return Checkpoint(run="tiny", step=0, path=tiny_llama_dir, kind="full")

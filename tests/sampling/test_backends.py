@@ -1,7 +1,8 @@
 """The two sampling backends on a real tiny Llama (trained briefly on GSM8K), no mocks.
 
 transformers first, then vLLM against it: the same perplexities (1e-3 relative), the same
-greedy answers, reproducible seeded sampling, stop strings cut. The vLLM engine starts once
+greedy answers and teacher-forced argmax, the same probe-tracking rows, reproducible seeded
+sampling, stop strings cut. Both implement the whole Backend protocol. The vLLM engine starts once
 for the module (~30 s) and is shut down by the last test; the transformers reference results
 are computed before it starts, so the two never compete for the cores.
 """
@@ -12,9 +13,10 @@ import json
 
 import psutil
 import pytest
+import torch
 
 from premem.errors import InputError
-from premem.sampling.backend import BackendOptions, Completion, SamplingParams
+from premem.sampling.backend import Backend, BackendOptions, Completion, SamplingParams
 from premem.sampling.hf import HFBackend, cut_at_stop
 from tests.conftest import shared
 from tests.sampling.conftest import paper_prompt, paper_target
@@ -49,14 +51,29 @@ def pairs(hf):
     return prompts, targets
 
 
+def probe_task(checkpoint, pairs):
+    """Probe tracking's work for one checkpoint: each GSM8K gold answer as a probe's chosen response, and y*."""
+    from premem.sampling.probes import ProbeTask
+
+    prompts, targets = pairs
+    ids = list(range(len(prompts)))
+    return ProbeTask(checkpoint, [(i, "chosen") for i in ids], prompts, targets, ids, prompts, targets)
+
+
+def probe_rows(backend, checkpoint, pairs):
+    """The probe_scores rows `premem probe track` writes for this checkpoint, through this backend."""
+    from premem.models import load_tokenizer
+    from premem.sampling.probes import result_rows, score_task
+
+    return result_rows(score_task(backend, probe_task(checkpoint, pairs)), load_tokenizer(checkpoint, OPTIONS))
+
+
 @pytest.fixture(scope="module")
-def hf_reference(hf, pairs):
+def hf_reference(hf, pairs, tiny_llama):
     """What vLLM must reproduce, computed before the engine starts."""
     prompts, targets = pairs
-    from premem.sampling.probes import teacher_forced_argmax
-
     return {"logprobs": hf.target_logprobs(prompts, targets), "greedy": hf.generate(prompts, GREEDY, SEEDS),
-            "argmax": teacher_forced_argmax(hf, prompts, targets)}
+            "argmax": hf.target_argmax(prompts, targets), "probe_rows": probe_rows(hf, tiny_llama, pairs)}
 
 
 def rel(a: float, b: float) -> float:
@@ -108,6 +125,46 @@ def test_hf_batched_scoring_matches_one_by_one(hf, pairs, hf_reference):
     # a trained model: the gold targets are far likelier than uniform over the vocabulary
     vocab = len(hf.tokenizer)
     assert all(1 < b.perplexity < vocab / 4 for b in batched)
+
+
+def test_hf_implements_the_protocol(hf):
+    assert isinstance(hf, Backend)
+
+
+def test_hf_argmax_is_the_most_likely_token_under_teacher_forcing(hf, pairs, hf_reference):
+    """y* at each position is at least as likely as the gold token there: its summed log-prob equals the target's
+    where y* is the target, and exceeds it where they differ."""
+    prompts, targets = pairs
+    for best, gold, target in zip(hf_reference["argmax"], hf_reference["logprobs"], targets):
+        assert best.n_tokens == len(target)
+        if list(best.tokens) == target:
+            assert best.sum_logprob == pytest.approx(gold.sum_logprob, abs=1e-4)
+        else:
+            assert best.sum_logprob > gold.sum_logprob
+    with pytest.raises(InputError, match="target_argmax: input 1 has an empty target"):
+        hf.target_argmax(prompts[:2], [targets[0], []])
+
+
+def test_hf_gives_the_callers_thread_count_back(tiny_llama, tmp_path):
+    """torch's thread count is process-wide: options.threads while the backend is open, the caller's after close(),
+    and after a checkpoint that fails to load."""
+    caller = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        backend = HFBackend(tiny_llama, BackendOptions(threads=1))
+        assert torch.get_num_threads() == 1
+        backend.close()
+        assert torch.get_num_threads() == 3
+        backend.close()  # idempotent: nothing to give back twice
+        assert torch.get_num_threads() == 3
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "config.json").write_text("{not json")
+        with pytest.raises(Exception):
+            HFBackend(type(tiny_llama)(run="broken", step=0, path=broken, kind="full"), BackendOptions(threads=1))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(caller)
 
 
 def test_hf_greedy(hf_reference):
@@ -178,15 +235,32 @@ def test_greedy_answers_identical(vllm, pairs, hf_reference):
 
 
 @pytest.mark.slow
+def test_vllm_implements_the_protocol(vllm):
+    assert isinstance(vllm, Backend)
+
+
+@pytest.mark.slow
 def test_teacher_forced_argmax_agrees(vllm, pairs, hf_reference):
     """The probes' greedy y* (argmax at each gold-prefix position, and the sum of those log-probs):
     vLLM's prompt_logprobs rank-1 tokens against transformers' logits."""
-    from premem.sampling.probes import teacher_forced_argmax
+    got = vllm.target_argmax(*pairs)
+    for v, h, target in zip(got, hf_reference["argmax"], pairs[1]):
+        assert v.n_tokens == len(target) and v.tokens == h.tokens
+        assert rel(v.sum_logprob, h.sum_logprob) < 1e-3
 
-    got = teacher_forced_argmax(vllm, *pairs)
-    for (tokens, total), (ref_tokens, ref_total), target in zip(got, hf_reference["argmax"], pairs[1]):
-        assert len(tokens) == len(target) and tokens == ref_tokens
-        assert rel(total, ref_total) < 1e-3
+
+@pytest.mark.slow
+def test_probe_tracking_agrees(vllm, pairs, tiny_llama, hf_reference):
+    """The rows probe tracking writes for a checkpoint, scored through vLLM and through transformers: the same
+    keys, token counts and greedy texts; log-probs within 1e-3 relative."""
+    import pandas as pd
+
+    got, ref = probe_rows(vllm, tiny_llama, pairs), hf_reference["probe_rows"]
+    keys = ["run", "step", "probe_id", "type", "n_tokens", "text"]
+    assert len(got) == 2 * N and set(got["type"]) == {"chosen", "greedy"}
+    pd.testing.assert_frame_equal(got[keys], ref[keys])
+    for column in ("sum_logprob", "mean_logprob"):
+        assert got[column].tolist() == pytest.approx(ref[column].tolist(), rel=1e-3)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ not row counts: same seeds must give the same rows, none lost, none duplicated.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import pytest
 
 from premem.data import DataConfig
 from premem.errors import InputError
+from premem.execution import ExecConfig
 from premem.sampling.backend import BackendOptions, SamplingParams
 from premem.sampling.job import ScoreConfig, score
 from premem.store import ScoreStore
@@ -49,16 +51,15 @@ def workdir(tmp_path_factory):
     return root
 
 
-def config(workdir: Path, store: Path, **kw) -> ScoreConfig:
+def config(workdir: Path, store: Path, actors: int = 1, **kw) -> ScoreConfig:
     return ScoreConfig(
         run=str(workdir / "run"),
         store=str(store),
         train=DataConfig(path=str(workdir / "train.jsonl")),
         test=DataConfig(path=str(workdir / "test.jsonl")),
         sampling=SamplingParams(samples=2, max_new_tokens=12),
-        options=BackendOptions(threads=1, batch_size=8),
+        exec=ExecConfig(options=BackendOptions(threads=1, batch_size=8), actors=actors, progress=False),
         shard_size=3,
-        progress=False,
         **kw,
     )
 
@@ -113,7 +114,8 @@ def test_killed_job_resumes_to_the_same_tables(workdir, reference, tmp_path):
     cmd = [
         sys.executable, "-m", "premem.cli", "score", "--run", str(workdir / "run"), "--store", str(store),
         "--train", str(workdir / "train.jsonl"), "--test", str(workdir / "test.jsonl"), "--samples", "2",
-        "sampling.max_new_tokens=12", "options.threads=1", "options.batch_size=8", "shard_size=3", "progress=false",
+        "sampling.max_new_tokens=12", "exec.options.threads=1", "exec.options.batch_size=8", "shard_size=3",
+        "exec.progress=false",
     ]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     parts = store / "parts" / "train_scores"
@@ -164,6 +166,32 @@ def test_actor_killed_mid_task_is_retried(workdir, reference, tmp_path):
     assert killed, "no actor was seen running a task"
     assert summary.retries >= 1
     assert_same_tables(tables(store), reference)
+
+
+def sampler_actor_pids() -> set[int]:
+    """The sampler actors of the Ray this test process started (their process titles name the actor class)."""
+    me = os.getpid()
+    found = set()
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if (p.info["cmdline"] or [""])[0].startswith("ray::SamplerActor") and any(q.pid == me for q in p.parents()):
+                found.add(p.info["pid"])
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_the_next_job_in_the_process_reuses_the_actors_and_leaves_the_config_alone(workdir, reference, tmp_path):
+    cfg = config(workdir, tmp_path / "first", train_examples="none", checkpoints="last")
+    before = copy.deepcopy(cfg)
+    score(cfg)
+    assert cfg == before  # no cache_dir filled in behind the caller's back
+    actors = sampler_actor_pids()
+    assert len(actors) >= 1
+    again = score(config(workdir, tmp_path / "second", train_examples="none", checkpoints="last"))
+    assert again.tasks_run == 2 and sampler_actor_pids() == actors  # another store, the same live actors
+    pd.testing.assert_frame_equal(ScoreStore(tmp_path / "second").read("test_scores"),
+                                  ScoreStore(tmp_path / "first").read("test_scores"))
 
 
 def test_run_folder_without_checkpoints(tmp_path):
@@ -296,10 +324,11 @@ def test_test_only_scoring_of_the_last_checkpoint(workdir, reference, tmp_path):
 BAD_SETTINGS = [  # (dotted setting, bad value)
     ("sampling.samples", 0), ("sampling.samples", -1), ("sampling.temperature", -0.5),
     ("sampling.temperature", float("nan")), ("sampling.top_p", 0.0), ("sampling.top_p", 1.5),
-    ("sampling.max_new_tokens", 0), ("sampling.seed", -3), ("shard_size", 0), ("actors", 0),
-    ("gpus_per_actor", -1.0), ("gpus_per_actor", 1.5), ("options.threads", 0), ("options.batch_size", 0),
-    ("options.dtype", "float8"), ("options.device", "gpu"), ("options.kv_cache_gib", 0.0),
-    ("options.gpu_memory_utilization", 1.2), ("options.max_model_len", 0), ("backend", "tgi"), ("count", "loose"),
+    ("sampling.max_new_tokens", 0), ("sampling.seed", -3), ("shard_size", 0), ("exec.actors", 0),
+    ("exec.gpus_per_actor", -1.0), ("exec.gpus_per_actor", 1.5), ("exec.options.threads", 0),
+    ("exec.options.batch_size", 0), ("exec.options.dtype", "float8"), ("exec.options.device", "gpu"),
+    ("exec.options.kv_cache_gib", 0.0), ("exec.options.gpu_memory_utilization", 1.2),
+    ("exec.options.max_model_len", 0), ("exec.backend", "tgi"), ("count", "loose"),
     ("train_examples", "some"), ("checkpoints", "first"),
 ]
 
@@ -331,7 +360,7 @@ def test_the_cli_says_which_setting_in_one_line(tmp_path, capsys):
 
 def test_more_than_the_cluster_holds_is_refused_before_anything_is_written(workdir, tmp_path):
     cfg = config(workdir, tmp_path / "store", actors=1)
-    cfg.options.threads = 4096
+    cfg.exec.options.threads = 4096
     start = time.perf_counter()
     with pytest.raises(InputError, match=r"^Ray cannot place 1 actor of 4096 CPUs each .* room for 0; ask for fewer"):
         score(cfg)

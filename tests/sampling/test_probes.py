@@ -14,9 +14,10 @@ import pytest
 from premem.cli import main
 from premem.data.arith import ArithConfig, generate, preference_pairs, sft_both, write_jsonl
 from premem.data.probes import PROBES_FILE, load_probes
-from premem.sampling.checkpoints import find_checkpoints
+from premem.runs import find_checkpoints
 from premem.store import ScoreStore
-from premem.train.sft import TrainConfig, train
+from premem.train.api import train
+from premem.train.config import TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +66,8 @@ def tracked(work) -> dict:
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             code = main(["probe", "track", "--run", str(work[name]), "--probes", str(work["probes"]), "--store",
-                         str(store), "--data", str(work["pairs"]), "--base", str(base), "progress=false",
-                         "options.batch_size=8"])
+                         str(store), "--data", str(work["pairs"]), "--base", str(base), "exec.progress=false",
+                         "exec.options.batch_size=8"])
         assert code == 0
         out[name] = buf.getvalue()
     return {"store": store, "out": out}
@@ -165,12 +166,12 @@ def test_track_prints_the_type_table_and_the_verdict(tracked):
 
 
 def test_a_rerun_skips_done_work_and_show_prints_the_store(work, tracked, capsys, monkeypatch):
-    import premem.sampling.actors as actors
+    import premem.execution.actor_pool as actor_pool
 
-    monkeypatch.setattr(actors, "run_tasks", lambda *a, **k: pytest.fail("a tracked checkpoint was scored again"))
+    monkeypatch.setattr(actor_pool, "run_tasks", lambda *a, **k: pytest.fail("a tracked checkpoint was scored again"))
     before = ScoreStore(tracked["store"]).read("probe_scores")
     assert main(["probe", "track", "--run", str(work["dpo"]), "--probes", str(work["probes"]), "--store",
-                 str(tracked["store"]), "--base", str(find_checkpoints(work["sft"])[-1].path), "progress=false"]) == 0
+                 str(tracked["store"]), "--base", str(find_checkpoints(work["sft"])[-1].path), "exec.progress=false"]) == 0
     assert "0 tracked, 3 already done" in capsys.readouterr().out
     assert ScoreStore(tracked["store"]).read("probe_scores").equals(before)
     assert main(["probe", "show", "--store", str(tracked["store"])]) == 0
@@ -201,14 +202,15 @@ def test_bad_probe_input_is_one_line_exit_2_nothing_written(bad, work, tmp_path,
             "unknown type 'sideways'" if bad == "unknown_type" else "field 'prompt' is missing")
     store = tmp_path / "store"
     code = main(["probe", "track", "--run", str(work["dpo"]), "--probes", str(folder), "--store", str(store),
-                 "--data", str(data), "progress=false"])
+                 "--data", str(data), "exec.progress=false"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(f"premem: error: {needle}"), err
     assert not store.exists()
 
 
-@pytest.mark.parametrize("setting, value", [("actors", "0"), ("gpus_per_actor", "-1"), ("options.threads", "0"),
-                                            ("options.batch_size", "0"), ("options.device", "tpu"), ("backend", "tgi")])
+@pytest.mark.parametrize("setting, value", [("exec.actors", "0"), ("exec.gpus_per_actor", "-1"),
+                                            ("exec.options.threads", "0"), ("exec.options.batch_size", "0"),
+                                            ("exec.options.device", "tpu"), ("exec.backend", "tgi")])
 def test_a_bad_track_setting_is_refused_before_anything_is_read_or_written(tmp_path, capsys, setting, value):
     # run and probes do not exist: the settings are checked first
     code = main(["probe", "track", "--run", str(tmp_path / "run"), "--probes", str(tmp_path / "probes"), "--store",
@@ -232,12 +234,13 @@ def test_a_lora_run_whose_base_is_elsewhere_is_tracked_with_base_model(work, tmp
     shutil.copy(work["model"] / "tokenizer.json", tmp_path / "run")
     shutil.copy(work["model"] / "tokenizer_config.json", tmp_path / "run")
     argv = ["probe", "track", "--run", str(tmp_path / "run"), "--probes", str(work["probes"]), "--store",
-            str(tmp_path / "store"), "progress=false"]
+            str(tmp_path / "store"), "exec.progress=false"]
     with pytest.raises(Exception) as refused:
+        from premem.execution import ExecConfig
         from premem.sampling.probes import ProbeTrackConfig, track
 
         track(ProbeTrackConfig(run=str(tmp_path / "run"), probes=str(work["probes"]), store=str(tmp_path / "store"),
-                               progress=False))
+                               exec=ExecConfig(progress=False)))
     assert "adapter_config.json" in str(refused.value) and "base_model=" in str(refused.value)
     assert not (tmp_path / "store").exists()
     assert main([*argv, f"base_model={work['model']}"]) == 0

@@ -10,8 +10,17 @@ quickstart, the experiments, `score`, `probe track` and the curation loop all re
       address: null          # a Ray cluster to join; default: a local Ray
       options: {threads: 1, batch_size: 64, dtype: float32}
 
-This module is generic: it knows nothing of sampling. The pool of actors that runs the work is handed
-its actor class by the stage that defines it (premem.sampling.actors).
+This layer is generic: it knows nothing of sampling. The pool of actors that runs the work is handed
+its actor class by the stage that defines it (premem.sampling.actors):
+
+    with pool(cfg.exec, SamplerActor, args) as actors:   # Ray and the actors: started once per process
+        run_tasks(actors, tasks, on_result)
+
+- premem.execution.cluster     ray_init (start or join Ray once per process), check_resources
+- premem.execution.actor_pool  pool (kept across jobs in one process), release, run_tasks, TaskFailed
+
+Both import Ray; they load when first named here (`from premem.execution import pool`), so reading a
+config does not.
 """
 
 from __future__ import annotations
@@ -124,3 +133,16 @@ def check_execution(backend: str, options: BackendOptions, actors: int, gpus_per
     if options.device.startswith("cuda") and not gpus_per_actor:
         raise InputError(f"{prefix}options.device={options.device} needs {prefix}gpus_per_actor > 0: Ray shows an "
                          "actor no GPU unless it asks for one")
+
+
+_LAZY = {"pool": "actor_pool", "release": "actor_pool", "run_tasks": "actor_pool", "TaskFailed": "actor_pool",
+         "ray_init": "cluster", "check_resources": "cluster"}
+
+
+def __getattr__(name: str):
+    """The Ray half of the layer, imported when first asked for (PEP 562)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"premem.execution.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
