@@ -1,9 +1,13 @@
-"""Figures. Matplotlib with the Agg backend: no display needed, same pixels everywhere.
+"""Figures, drawn without pyplot: each is a `matplotlib.figure.Figure` rendered by the Agg canvas.
 
-Each figure function returns a matplotlib Figure; `save` writes it to a file (atomically),
-`png_base64` turns it into the text of a data: URL for the HTML report. Runs keep one colour
-and marker in every figure (`run_styles`), and long run names are shortened the same way
-everywhere (`short_names`), so a reader can follow a run from figure to figure.
+No display is needed and the pixels are the same everywhere; nothing here touches pyplot's state or
+matplotlib's backend, so importing premem leaves a notebook's inline plots alone (and a figure is freed
+when it is no longer referenced: there is no pyplot registry to close it in).
+
+Each figure function returns a Figure; `save` writes it to a file (atomically), `png_base64` turns it
+into the text of a data: URL for the HTML report. Runs keep one colour and marker in every figure
+(`run_styles`), and long run names are shortened the same way everywhere (`short_names`), so a reader
+can follow a run from figure to figure.
 """
 
 from __future__ import annotations
@@ -14,14 +18,16 @@ import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from premem.files import atomic_path  # noqa: E402
-from premem.metrics.predict import Prediction  # noqa: E402
+from premem.files import atomic_path
+from premem.metrics.predict import Prediction
 
 MARKERS = "osD^v"  # with tab20's 20 colours: 100 runs before a (colour, marker) pair repeats
 SERIES = {  # the per-checkpoint curves of accuracy_curves: column -> (label, colour, line style)
@@ -31,9 +37,16 @@ SERIES = {  # the per-checkpoint curves of accuracy_curves: column -> (label, co
 }
 
 
+def new_figure(**kw) -> Figure:
+    """A Figure on its own Agg canvas: drawn and saved without pyplot or a backend switch."""
+    fig = Figure(**kw)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def run_styles(runs: list[str]) -> dict[str, dict]:
     """One colour and marker per run; tab20 because runs often outnumber tab10's colours."""
-    colors = plt.get_cmap("tab20").colors
+    colors = matplotlib.colormaps["tab20"].colors
     return {run: {"color": colors[i % 20], "marker": MARKERS[(i // 20 + i) % len(MARKERS)]} for i, run in enumerate(runs)}
 
 
@@ -66,7 +79,8 @@ def _grid(n: int, ncols: int = 5, size: tuple[float, float] = (2.6, 2.0), **kw):
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
     width, height = size[0] * ncols + 0.7, size[1] * nrows + 0.9
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, **kw)
+    fig = new_figure(figsize=(width, height))
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     fig.subplots_adjust(left=0.7 / width, right=1 - 0.15 / width, bottom=0.6 / height, top=1 - 0.55 / height,
                         wspace=0.12, hspace=0.45)
     for ax in axes.flat[n:]:
@@ -74,7 +88,7 @@ def _grid(n: int, ncols: int = 5, size: tuple[float, float] = (2.6, 2.0), **kw):
     return fig, list(axes.flat[:n])
 
 
-def accuracy_curves(points: pd.DataFrame, runs: list[str], labels: dict[str, str]) -> plt.Figure:
+def accuracy_curves(points: pd.DataFrame, runs: list[str], labels: dict[str, str]) -> Figure:
     """Per run: pre-memorization, train and (when scored) test accuracy at each checkpoint."""
     fig, axes = _grid(len(runs), sharey=True)
     has_test = "test_acc" in points and points["test_acc"].notna().any()
@@ -95,7 +109,7 @@ def accuracy_curves(points: pd.DataFrame, runs: list[str], labels: dict[str, str
     return fig
 
 
-def premem_histograms(final: pd.DataFrame, runs: list[str], labels: dict[str, str]) -> plt.Figure:
+def premem_histograms(final: pd.DataFrame, runs: list[str], labels: dict[str, str]) -> Figure:
     """Per run, at its last checkpoint: how pre-memorization accuracy spreads over its training examples.
 
     Plain train accuracy is outlined behind it: the gap is what memorized traces take away.
@@ -118,9 +132,10 @@ def premem_histograms(final: pd.DataFrame, runs: list[str], labels: dict[str, st
     return fig
 
 
-def memorized_curves(points: pd.DataFrame, runs: list[str], labels: dict[str, str], tau: float) -> plt.Figure:
+def memorized_curves(points: pd.DataFrame, runs: list[str], labels: dict[str, str], tau: float) -> Figure:
     """Fraction of each run's training examples memorized (log(log(ppl)) < tau) at each checkpoint."""
-    fig, ax = plt.subplots(figsize=(9, 4.2), layout="constrained")
+    fig = new_figure(figsize=(9, 4.2), layout="constrained")
+    ax = fig.subplots()
     styles = run_styles(runs)
     for run in runs:
         g = points[points["run"] == run].sort_values("step")
@@ -135,7 +150,7 @@ def memorized_curves(points: pd.DataFrame, runs: list[str], labels: dict[str, st
     return fig
 
 
-def scatter_figure(pred: Prediction, runs: list[str] | None = None, labels: dict[str, str] | None = None) -> plt.Figure:
+def scatter_figure(pred: Prediction, runs: list[str] | None = None, labels: dict[str, str] | None = None) -> Figure:
     """Predicted against actual test accuracy, one marker per checkpoint, one colour per run.
 
     Predictions are the leave-one-run-out ones: each run as if it were new.
@@ -144,7 +159,8 @@ def scatter_figure(pred: Prediction, runs: list[str] | None = None, labels: dict
     runs = runs or sorted(pts["run"].unique())
     labels = labels or {r: r for r in runs}
     styles = run_styles(runs)
-    fig, ax = plt.subplots(figsize=(7.4, 5.2), layout="constrained")
+    fig = new_figure(figsize=(7.4, 5.2), layout="constrained")
+    ax = fig.subplots()
     for run in runs:
         g = pts[pts["run"] == run].sort_values("step")
         if len(g):
@@ -167,7 +183,7 @@ def scatter_figure(pred: Prediction, runs: list[str] | None = None, labels: dict
     return fig
 
 
-def learning_curves(curve: pd.DataFrame, strategies: list[str] | None = None) -> plt.Figure:
+def learning_curves(curve: pd.DataFrame, strategies: list[str] | None = None) -> Figure:
     """The curation experiment: test accuracy against training-set size per strategy, error bars one std over seeds.
 
     curve: premem.recipes.curation.curves' table (strategy, examples, mean, std, n_seeds). i.i.d. scaling
@@ -175,9 +191,10 @@ def learning_curves(curve: pd.DataFrame, strategies: list[str] | None = None) ->
     """
     strategies = strategies or sorted(curve["strategy"].unique(), key=lambda s: (s != "random", s))
     others = [s for s in strategies if s != "random"]
-    colors = plt.get_cmap("tab10").colors
+    colors = matplotlib.colormaps["tab10"].colors
     slots = sorted(sorted(range(-len(others), len(others) + 1), key=abs)[1 : len(others) + 1])  # -2 -1 1 2: random at 0
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
+    fig = new_figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
     for name in strategies:
         g = curve[curve["strategy"] == name].sort_values("examples")
         if name == "random":
@@ -190,7 +207,7 @@ def learning_curves(curve: pd.DataFrame, strategies: list[str] | None = None) ->
     sizes = sorted(curve["examples"].unique())
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(int(s)) for s in sizes])
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("training examples")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
@@ -214,7 +231,7 @@ def type_styles(types: list[str]) -> dict[str, dict]:
     from premem.data.probes import ALL_TYPES
 
     others = [t for t in ALL_TYPES if t not in EMPHASISED_TYPES]
-    palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i not in (0, 2, 3)]  # not blue, green, red
+    palette = [c for i, c in enumerate(matplotlib.colormaps["tab10"].colors) if i not in (0, 2, 3)]  # not blue, green, red
     palette.append((0.0, 0.0, 0.0))  # 8 colours for the 8 other types of ALL_TYPES
     styles = {}
     for t in types:
@@ -227,7 +244,7 @@ def type_styles(types: list[str]) -> dict[str, dict]:
 
 
 def probe_curves(curves: dict[str, pd.DataFrame], runs: list[str], labels: dict[str, str],
-                 change: bool = False) -> plt.Figure:
+                 change: bool = False) -> Figure:
     """Per run: the mean over probe prompts of summed log π(response | prompt) per response type, by step.
 
     curves: run -> premem.metrics.probes.type_curves(scores, run). change=True draws each type's
@@ -255,7 +272,7 @@ def probe_curves(curves: dict[str, pd.DataFrame], runs: list[str], labels: dict[
                 "change since the first checkpoint (nats)" if change else "mean summed log π(y|x) (nats)")
     # one legend for all panels, the emphasised types first
     order = sorted(types, key=lambda t: (t not in EMPHASISED_TYPES, list(EMPHASISED_TYPES).index(t) if t in EMPHASISED_TYPES else 0))
-    handles = [matplotlib.lines.Line2D([], [], label=t, **{k: v for k, v in styles[t].items() if k != "zorder"}) for t in order]
+    handles = [Line2D([], [], label=t, **{k: v for k, v in styles[t].items() if k != "zorder"}) for t in order]
     fig.legend(handles=handles, loc="upper center", ncols=min(len(order), 6), fontsize=7, frameon=False)
     return fig
 
@@ -265,28 +282,26 @@ def prediction_scatter(pred: Prediction, out: str | Path) -> Path:
     return save(scatter_figure(pred), out)
 
 
-def save(fig: plt.Figure, out: str | Path) -> Path:
+def save(fig: Figure, out: str | Path) -> Path:
     out = Path(out)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=120)
-    plt.close(fig)
     return out
 
 
-def png_base64(fig: plt.Figure, dpi: int = 100) -> str:
-    """The figure as base64 PNG text, for an <img src="data:image/png;base64,...">; closes the figure."""
+def png_base64(fig: Figure, dpi: int = 100) -> str:
+    """The figure as base64 PNG text, for an <img src="data:image/png;base64,...">."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _label_grid(fig: plt.Figure, xlabel: str, ylabel: str) -> None:
+def _label_grid(fig: Figure, xlabel: str, ylabel: str) -> None:
     fig.supxlabel(xlabel, fontsize=9, y=0.1 / fig.get_figheight())
     fig.supylabel(ylabel, fontsize=9, x=0.1 / fig.get_figwidth())
 
 
-def _integer_steps(ax: plt.Axes, steps: pd.Series) -> None:
+def _integer_steps(ax: Axes, steps: pd.Series) -> None:
     """Steps are integers; a run with one checkpoint would otherwise get ticks like 57.96."""
     ax.xaxis.get_major_locator().set_params(integer=True)
     if steps.nunique() == 1:

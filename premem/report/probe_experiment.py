@@ -4,7 +4,7 @@
 of every seed; the extend comparison (how much less chosen falls under the same DPO after the
 extend recipe's SFT, paired by prompt); what SFT moves, averaged over seeds; then each seed's
 "Learning dynamics" section as `premem report` draws it for one store (plots and tables).
-The numbers are premem.recipes.probes' `verdicts`, `extend_comparison` and `moves_table`.
+The numbers are premem.metrics.probe_analysis' `verdicts`, `extend_comparison` and `sft_moves`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from pathlib import Path
 import pandas as pd
 
 from premem.files import atomic_path
-from premem.report.html import PAGE, section
+from premem.metrics.probe_analysis import SeedScores, extend_comparison, sft_moves, verdicts
+from premem.report.page import PAGE, section
 from premem.report.probes import probe_section
 
 
-def build_experiment_report(out_dir: Path, results, moves: pd.DataFrame, cfg) -> Path:
-    from premem.recipes.probes import extend_comparison, verdicts
-
+def build_experiment_report(out_dir: Path, results: list[SeedScores], moves: pd.DataFrame, cfg) -> Path:
+    """Write out_dir/report.html. moves: moves_table(results); cfg: the experiment's settings (a ProbesConfig:
+    pairs, rejected, sft, dpo, dpo_from and probes are shown)."""
     out = Path(out_dir) / "report.html"
     ext = extend_comparison(results, cfg.dpo_from)
     parts = [
@@ -84,8 +85,6 @@ def extend_html(ext: pd.DataFrame) -> str:
 
 
 def sft_html(moves: pd.DataFrame) -> str:
-    from premem.recipes.probes import sft_moves
-
     table = sft_moves(moves)
     if table.empty:
         return "<p>No SFT runs.</p>"

@@ -14,6 +14,8 @@ import pandas as pd
 
 from premem.metrics.probes import SIGNIFICANT, VERDICT_TYPES, Squeezing, squeezing, type_curves
 from premem.report import plots
+from premem.report.page import figure
+
 
 def probe_runs(scores: pd.DataFrame, order: list[str] | None = None) -> list[str]:
     """The runs with probe scores: in `order` (runs.parquet's) where listed, the rest sorted after."""
@@ -24,8 +26,6 @@ def probe_runs(scores: pd.DataFrame, order: list[str] | None = None) -> list[str
 
 def probe_section(scores: pd.DataFrame, order: list[str] | None = None) -> str:
     """The section's HTML body: the two figures, then one table per run with its verdict."""
-    from premem.report.html import figure
-
     runs = probe_runs(scores, order)
     labels = plots.short_names(runs)
     curves = {run: type_curves(scores, run) for run in runs}

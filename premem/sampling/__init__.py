@@ -1,5 +1,5 @@
 """Sampling and scoring checkpoints: backends (vLLM, Hugging Face transformers) behind one small
 interface (`premem.sampling.backend`), checkpoint discovery and loading
-(`premem.sampling.checkpoints`), Ray actors that work through (checkpoint, shard) tasks, and the
+(`premem.runs`, `premem.models`), Ray actors that work through (checkpoint, shard) tasks, and the
 `premem score` job. Submodules are imported where used: vLLM and Ray are heavy, optional extras.
 """

@@ -223,3 +223,22 @@ def test_cli_writes_the_report(tmp_path, capsys):
     assert f"report: {out}" in capsys.readouterr().out
     assert out.read_text().startswith("<!DOCTYPE html>")
     assert main(["report", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "r.pdf")]) == 2
+
+
+@pytest.mark.slow
+def test_drawing_uses_no_pyplot_and_keeps_the_callers_backend(tmp_path):
+    """A notebook that builds a report keeps its matplotlib backend (inline plots) and pyplot's figure list:
+    the figures are drawn on their own Agg canvases. In a fresh process, so no other test's pyplot counts."""
+    make_store(tmp_path / "store")
+    script = (
+        "import sys, matplotlib\n"
+        "matplotlib.use('svg')  # stands for a notebook's inline backend\n"
+        "from premem.report import build_report\n"
+        f"build_report({str(tmp_path / 'store')!r}, {str(tmp_path / 'r.html')!r}, tau=-2.3)\n"
+        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["svg", "False"]
+    assert (tmp_path / "r.html").read_text().count("<img") == 4
