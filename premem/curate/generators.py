@@ -19,10 +19,16 @@ Three kinds (GeneratorConfig.kind):
   answer the grader can read, or repeating a question, are dropped and asked for again (up
   to `attempts` times). A new solution is the model's own, so its answer is only as right
   as that model: use a strong one, or check the rows before trusting them.
+
+i.i.d. mixing (`iid_mix`): a share of each round's new examples drawn straight from the task's
+distribution instead of like a template (`make_iid`; the arith task has one). Curated data drifts
+from the test distribution; mixing holds it. iid_mix=1 is i.i.d. data scaling, the baseline every
+strategy is measured against.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import logging
@@ -30,10 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from premem.data.arith import ArithConfig, similar_problems
+from premem.data.arith import ArithConfig, generate, similar_problems
 from premem.data.grading import get_grader
 from premem.errors import InputError
-from premem.sampling.backend import BackendOptions, SamplingParams
+from premem.execution import BackendOptions, check_int, check_number
+from premem.sampling.backend import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,29 @@ class GeneratorConfig:
     """llm: how the backend loads and runs the model."""
     attempts: int = 3
     """llm: times a template is asked again when its answer does not parse."""
+    iid_mix: float = 0.0
+    """Share of each round's new examples drawn i.i.d. from the task instead of like a template (arith only;
+    1: i.i.d. data scaling, no templates)."""
+    seed: int | None = None
+    """The round that grows the data to n examples generates with seed + n (its i.i.d. share with seed + n +
+    IID_SEED); default: the loop's seed * 1000 + the round."""
+
+    def validate(self, prefix: str = "generator.") -> None:
+        """The settings every kind shares, checked before the loop reads or writes anything."""
+        if self.kind not in KINDS:
+            raise InputError(f"{prefix}kind: unknown generator {self.kind!r}; known: {', '.join(KINDS)}")
+        check_number(prefix + "iid_mix", self.iid_mix, lambda m: 0 <= m <= 1, "a share in [0, 1]")
+        if self.iid_mix and self.kind != "arith":
+            raise InputError(f"{prefix}iid_mix: i.i.d. draws need the task's own distribution, which only the arith "
+                             f"generator has (kind is {self.kind})")
+        if self.seed is not None:
+            check_int(prefix + "seed", self.seed, 0)
+        if self.near is not None:
+            check_int(prefix + "near", self.near, 0)
+
+
+KINDS = ("arith", "python", "llm")
+IID_SEED = 1000  # the i.i.d. share draws with seed + IID_SEED: a stream apart from the templated examples'
 
 
 def make_generator(cfg: GeneratorConfig, grader: str) -> Generator:
@@ -92,7 +122,29 @@ def make_generator(cfg: GeneratorConfig, grader: str) -> Generator:
         if "{question}" not in cfg.prompt:
             raise InputError("generator.prompt: the rewrite prompt must contain {question}")
         return LLMGenerator(cfg, grader)
-    raise InputError(f"generator.kind: unknown generator {cfg.kind!r}; known: arith, python, llm")
+    raise InputError(f"generator.kind: unknown generator {cfg.kind!r}; known: {', '.join(KINDS)}")
+
+
+def make_iid(cfg: GeneratorConfig) -> Callable[[int, int, set[str]], list[dict]] | None:
+    """draw(n, seed, avoid): n new examples straight from the task's distribution, none in avoid (None when
+    cfg.iid_mix is 0)."""
+    if not cfg.iid_mix:
+        return None
+    if cfg.kind != "arith":
+        raise InputError(f"generator.iid_mix: i.i.d. draws need the task's own distribution, which only the arith "
+                         f"generator has (kind is {cfg.kind})")
+    return lambda n, seed, avoid: [{"question": p["question"], "solution": p["answer"]}
+                                   for p in fresh_problems(cfg.benchmark, n, seed + IID_SEED, avoid)]
+
+
+def fresh_problems(cfg: ArithConfig, n: int, seed: int, avoid: set[str]) -> list[dict]:
+    """n i.i.d. problems of the arith task, none of whose questions is in avoid."""
+    gen = dataclasses.replace(cfg, n_train=0, n_test=4 * n + len(avoid) + 16, seed=seed)
+    _, pool = generate(gen)
+    out = [p for p in pool if p["question"] not in avoid][:n]
+    if len(out) < n:
+        raise InputError(f"benchmark: could not draw {n} new problems (the task has too few distinct questions)")
+    return out
 
 
 def load_callable(spec: str) -> Callable:
@@ -154,14 +206,14 @@ class LLMGenerator:
     """New examples written by a model from a rewrite prompt, through a sampling backend."""
 
     def __init__(self, cfg: GeneratorConfig, grader: str):
-        from premem.sampling.checkpoints import find_checkpoints
+        from premem.runs import find_checkpoints
 
         self.cfg, self.grader = cfg, get_grader(grader)
         self.checkpoint = find_checkpoints(cfg.model, allow_pickle=cfg.options.allow_pickle)[-1]
 
     def __call__(self, templates: list[dict], seed: int, avoid: set[str]) -> list[dict]:
-        from premem.sampling.backend import make_backend
-        from premem.sampling.checkpoints import load_tokenizer
+        from premem.models import load_tokenizer
+        from premem.sampling.engines import make_backend
 
         tokenizer = load_tokenizer(self.checkpoint, self.cfg.options)
         backend = make_backend(self.cfg.backend, self.checkpoint, self.cfg.options)

@@ -1,14 +1,15 @@
-"""The curation experiment's report: one self-contained HTML file beside its rounds.parquet.
+"""The curation experiment's report: one self-contained HTML file beside its loops' records.
 
 `premem experiment curation` writes it; `build_curation_report(out_dir)` rebuilds it from the
-rounds table alone. Like the score-store report (premem.report.html) everything is inline: the
-learning curves as a base64 PNG, CSS in a <style> block, no scripts or links. The page: what
-was run (strategies, seeds, sizes); the learning curves with error bars of one std over seeds;
-mean ± std test accuracy per strategy and size; the data-efficiency ratio against i.i.d.
-scaling, the best curation strategy at each size in bold; every seed's rounds.
+curation loops' records under out_dir alone (every <loop>/store/curation_rounds.parquet). Like the
+score-store report (premem.report.html) everything is inline: the learning curves as a base64 PNG,
+CSS in a <style> block, no scripts or links. The page: what was run (strategies, seeds, sizes); the
+learning curves with error bars of one std over seeds; mean ± std test accuracy per strategy and
+size; the data-efficiency ratio against i.i.d. scaling, the best curation strategy at each size in
+bold; every seed's rounds.
 
-Curves and ratios come from premem.recipes.curation's `curves` and `efficiency`, the same
-numbers the command prints and writes to curves.csv and efficiency.csv.
+Rounds, curves and ratios come from premem.metrics.curves, the same numbers the experiment prints
+and writes to curves.csv and efficiency.csv.
 """
 
 from __future__ import annotations
@@ -20,25 +21,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from premem.errors import InputError
 from premem.files import atomic_path
+from premem.metrics.curves import IID_STRATEGY, curves, efficiency, read_rounds, strategy_order
 from premem.report import plots
-from premem.report.html import PAGE, figure, section
-
-COLUMNS = ["seed", "strategy", "round", "examples", "test_acc"]
+from premem.report.page import PAGE, figure, section
 
 
 def build_curation_report(out_dir: str | Path, path: str | Path | None = None) -> Path:
     """Write the HTML report of the curation experiment in `out_dir` to `path` (default out_dir/report.html).
 
-    Reads out_dir/rounds.parquet; a missing or malformed one raises InputError before anything is written.
-    """
-    from premem.recipes.curation import curves, efficiency
-
+    Reads the loops' records under out_dir; none, or a malformed one, raises InputError before anything is
+    written."""
     out_dir = Path(out_dir)
-    rounds = read_rounds(out_dir / "rounds.parquet")
+    rounds = read_rounds(out_dir)
     curve = curves(rounds)
-    has_iid = (rounds["strategy"] == "random").any()
+    has_iid = (rounds["strategy"] == IID_STRATEGY).any()
     eff = efficiency(curve) if has_iid else pd.DataFrame()
     out = Path(path) if path is not None else out_dir / "report.html"
     page = render(out_dir, rounds, curve, eff, has_iid)
@@ -47,32 +44,11 @@ def build_curation_report(out_dir: str | Path, path: str | Path | None = None) -
     return out
 
 
-def read_rounds(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputError(f"{path}: not found (premem experiment curation writes it)")
-    try:
-        rounds = pd.read_parquet(path)
-    except Exception as e:  # pyarrow's errors for a truncated or foreign file vary
-        raise InputError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
-    missing = [c for c in COLUMNS if c not in rounds.columns]
-    if missing:
-        raise InputError(f"{path}: missing column{'s' * (len(missing) > 1)} {', '.join(missing)} "
-                         f"(expected {', '.join(COLUMNS)})")
-    if rounds.empty:
-        raise InputError(f"{path}: no rounds")
-    for c in ("seed", "round", "examples", "test_acc"):
-        if not pd.api.types.is_numeric_dtype(rounds[c]) or rounds[c].isna().any():
-            raise InputError(f"{path}: column {c}: expected numbers without gaps")
-    if not (rounds["round"] == 0).any():
-        raise InputError(f"{path}: no round 0 (the start every strategy shares)")
-    return rounds[COLUMNS].astype({"strategy": str})
-
-
 # -- the page --------------------------------------------------------------------------------
 
 
 def render(out_dir: Path, rounds: pd.DataFrame, curve: pd.DataFrame, eff: pd.DataFrame, has_iid: bool) -> str:
-    order = sorted(curve["strategy"].unique(), key=lambda s: (s != "random", s))  # the figure's legend order
+    order = strategy_order(curve)  # the figure's legend order
     sections = [summary(out_dir, rounds, order)]
     one_seed = " With one seed there is no spread: no error bars." if curve["n_seeds"].max() == 1 else ""
     sections.append(section("Learning curves", figure(
@@ -100,7 +76,7 @@ def summary(out_dir: Path, rounds: pd.DataFrame, order: list[str]) -> str:
         ("start", f"{_sizes(start)} i.i.d. examples, shared by every strategy of a seed"),
         ("rounds", f"training-set sizes {_sizes(budgets)}" if budgets else "none beyond the start yet"),
         ("i.i.d. only", f"{_sizes(iid)} examples, to extend the i.i.d. curve" if iid else "no extra i.i.d. sizes"),
-        ("rounds.parquet", f"{len(rounds)} rows"),
+        ("records", f"{len(rounds)} rounds, from the curation loops' <code>store/curation_rounds.parquet</code>"),
     ]
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
     return (
@@ -134,7 +110,7 @@ def _acc_cell(row: pd.Series) -> str:
 
 def efficiency_table(eff: pd.DataFrame, order: list[str], has_iid: bool) -> str:
     if not has_iid:
-        return '<p class="note">No i.i.d. (random) rounds in rounds.parquet: no curve to measure ratios against.</p>'
+        return '<p class="note">No i.i.d. (random) rounds in the records: no curve to measure ratios against.</p>'
     if eff.empty:
         return '<p class="note">No sizes beyond the smallest i.i.d. one yet: no ratios to show.</p>'
     eff = eff.assign(_order=eff["strategy"].map({s: i for i, s in enumerate(order)}))
@@ -163,7 +139,7 @@ def efficiency_table(eff: pd.DataFrame, order: list[str], has_iid: bool) -> str:
 
 
 def rounds_table(rounds: pd.DataFrame, order: list[str]) -> str:
-    """One row per (strategy, seed), one column per size: rounds.parquet's test accuracies at a glance."""
+    """One row per (strategy, seed), one column per size: the rounds' test accuracies at a glance."""
     sizes = sorted(rounds["examples"].unique())
     iid_only = set(rounds.loc[rounds["round"] < 0, "examples"]) - set(rounds.loc[rounds["round"] >= 0, "examples"])
     head = "<th>strategy</th><th>seed</th>" + "".join(

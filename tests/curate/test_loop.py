@@ -4,6 +4,8 @@ recorded in the loop's store and resumed without redoing a round."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,8 +14,17 @@ import pytest
 
 from premem.cli import main
 from premem.config import load_config
-from premem.curate.generators import GeneratorConfig, check_rows, load_callable, make_generator, parse_rewrite
-from premem.curate.loop import LoopConfig, loop
+from premem.curate.generators import (
+    IID_SEED,
+    GeneratorConfig,
+    check_rows,
+    fresh_problems,
+    load_callable,
+    make_generator,
+    make_iid,
+    parse_rewrite,
+)
+from premem.curate.loop import LoopConfig, grow, loop
 from premem.data import DataConfig, load_example_set
 from premem.data.arith import ArithConfig, generate, structure, write_jsonl
 from premem.data.grading import get_grader
@@ -85,6 +96,59 @@ def test_parse_rewrite():
     assert parse_rewrite("Tom has 3 pens.\nSolution: four", g) is None  # no final answer
 
 
+def arith_rows(problems) -> list[dict]:
+    return [{"question": p["question"], "solution": p["answer"], "answer": str(p["final"])} for p in problems]
+
+
+def ranked_input(rows: list[dict], tmp_path):
+    """A real CurationInput over rows: one run, two checkpoints, example i's perplexity rising with i."""
+    import numpy as np
+
+    from premem.curate.strategies import CurationInput
+
+    path = write_jsonl([{"question": r["question"], "answer": r["solution"]} for r in rows], tmp_path / "d.jsonl")
+    n = len(rows)
+    train = pd.DataFrame({"run": "run", "step": np.repeat([1, 2], n), "example_id": np.tile(np.arange(n), 2),
+                          "n_samples": 2, "n_correct": 1, "perplexity": np.tile(1.5 + np.arange(n) / 10, 2)})
+    return CurationInput(load_example_set(DataConfig(path=str(path))), train, pd.DataFrame({"run": ["run"]}), ["run"])
+
+
+def test_iid_mix_draws_its_share_from_the_task_and_the_rest_like_the_templates(tmp_path):
+    from premem.curate.strategies import get_strategy
+
+    train, test = generate(BENCH)
+    rows = arith_rows(train[:8])
+    gen = GeneratorConfig(kind="arith", benchmark=BENCH, iid_mix=0.5, seed=7)
+    cfg = LoopConfig(generator=gen, template_fraction=0.25, seed=3)
+    avoid = {p["question"] for p in test} | {r["question"] for r in rows}
+    new, made = grow(cfg, get_strategy("loss"), make_generator(gen, "gsm8k"), make_iid(gen),
+                     ranked_input(rows, tmp_path), rows, k=1, size=16, avoid=avoid)
+    # half of the 8 new rows drawn i.i.d. with the round's seed (7 + 16) on its own stream, and listed last
+    iid = fresh_problems(BENCH, 4, 7 + 16 + IID_SEED, avoid)
+    assert [r["question"] for r in new[4:]] == [p["question"] for p in iid] and made[4:] == [-1] * 4
+    # the other half like the two highest-loss examples (a quarter of 8), cycled; new questions only
+    assert made[:4] == [7, 6, 7, 6]
+    assert [structure(r["solution"]) for r in new[:4]] == [structure(rows[i]["solution"]) for i in made[:4]]
+    assert len({r["question"] for r in new}) == 8 and not {r["question"] for r in new} & avoid
+
+
+def test_all_iid_needs_no_ranking():
+    """iid_mix=1 is i.i.d. data scaling: no strategy or scores are consulted."""
+    train, test = generate(BENCH)
+    rows = arith_rows(train[:8])
+    gen = GeneratorConfig(kind="arith", benchmark=BENCH, iid_mix=1.0)
+    cfg = LoopConfig(generator=gen, seed=2)
+    new, made = grow(cfg, None, None, make_iid(gen), None, rows, k=1, size=12, avoid=set())
+    assert made == [-1] * 4  # default seed: the loop's seed * 1000 + the round
+    assert [r["question"] for r in new] == [p["question"] for p in fresh_problems(BENCH, 4, 2001 + IID_SEED, set())]
+
+
+def test_iid_mix_needs_the_tasks_distribution():
+    with pytest.raises(InputError, match="generator.iid_mix: i.i.d. draws need the task's own distribution"):
+        GeneratorConfig(kind="python", function="m:f", iid_mix=0.5).validate()
+    assert make_iid(GeneratorConfig(kind="arith")) is None  # no mixing: nothing drawn
+
+
 def test_unknown_generator_and_llm_without_model():
     with pytest.raises(InputError, match="unknown generator 'gpt'; known: arith, python, llm"):
         make_generator(GeneratorConfig(kind="gpt"), "gsm8k")
@@ -117,7 +181,8 @@ def test_the_llm_generator_writes_new_problems_through_the_backend(tmp_path):
 
 @pytest.fixture(scope="module")
 def loop_inputs(tmp_path_factory):
-    from premem.recipes.quickstart import BaseModelConfig, build_base_model, write_benchmark
+    from premem.data.arith import write_benchmark
+    from premem.train.base_model import BaseModelConfig, build_base_model
 
     root = tmp_path_factory.mktemp("loop")
     train_path, test_path = write_benchmark(BENCH, root / "data")
@@ -130,7 +195,7 @@ def loop_inputs(tmp_path_factory):
 def loop_config(root, train_path, test_path, base, out, **over) -> LoopConfig:
     values = [f"out={out}", f"data={train_path}", f"test={test_path}", f"model={base}", "sizes=[30,36]",
               "train.epochs=2", "train.lr=3e-3", "train.batch_size=8", "train.max_length=256",
-              "sampling.samples=2", "sampling.max_new_tokens=32", "actors=1", "progress=false", "tau=-2.6"]
+              "sampling.samples=2", "sampling.max_new_tokens=32", "exec.actors=1", "exec.progress=false", "tau=-2.6"]
     return load_config(LoopConfig, None, values + [f"{k}={v}" for k, v in over.items()])
 
 
@@ -139,7 +204,11 @@ def test_the_loop_records_every_round_and_resumes(loop_inputs, tmp_path):
     root, train_path, test_path, base = loop_inputs
     cfg = loop_config(root, train_path, test_path, base, tmp_path / "loop", **{
         "generator.kind": "python", "generator.function": f"{root / 'mygen.py'}:similar"})
+    cfg = dataclasses.replace(cfg, data=str(train_path))  # a bare path from Python will do
+    asked = copy.deepcopy(cfg)
     table = loop(cfg)
+    assert cfg == asked  # the caller's config is left as it was (no DataConfig, no cache directory put in)
+    assert table["seed"].tolist() == [0, 0, 0] and table["loop"].tolist() == ["premem_low"] * 3
     assert table["round"].tolist() == [0, 1, 2] and table["examples"].tolist() == [24, 30, 36]
     assert table["added"].tolist() == [24, 6, 6] and table["strategy"].tolist() == ["start", "premem_low", "premem_low"]
     assert table["test_acc"].between(0, 1).all() and table["premem"].between(0, 1).all()
@@ -195,9 +264,12 @@ def test_loop_bad_settings_are_one_line_errors(tmp_path, capsys):
     ("train.lr=0", "train.lr: expected a value above 0, got 0.0"),
     ("train.epochs=0", "train.epochs: expected a value at least 1, got 0"),
     ("sampling.samples=0", "sampling.samples: expected an integer >= 1, got 0"),
-    ("options.threads=0", "options.threads: expected an integer >= 1, got 0"),
-    ("backend=nosuch", "backend: unknown backend 'nosuch'"),
-    ("actors=0", "actors: expected an integer >= 1, got 0"),
+    ("exec.options.threads=0", "exec.options.threads: expected an integer >= 1, got 0"),
+    ("exec.backend=nosuch", "exec.backend: unknown backend 'nosuch'"),
+    ("exec.actors=0", "exec.actors: expected an integer >= 1, got 0"),
+    ("generator.iid_mix=2", "generator.iid_mix: expected a share in [0, 1], got 2"),
+    ("generator.seed=-1", "generator.seed: expected an integer >= 0, got -1"),
+    ("generator.kind=gpt", "generator.kind: unknown generator 'gpt'; known: arith, python, llm"),
 ])
 def test_loop_settings_are_checked_before_anything_is_read_or_written(tmp_path, capsys, override, message):
     """A missing start data file proves the order: the settings fail first, and nothing is written."""

@@ -1,4 +1,5 @@
-"""The curation experiment: its arithmetic (curves, efficiency ratios) and one tiny end-to-end pass."""
+"""The curation experiment: one curation loop per (seed, strategy), its artifacts and printed summary,
+its settings (exec: included) checked before anything is written, and one tiny end-to-end pass."""
 
 import dataclasses
 
@@ -6,58 +7,79 @@ import pandas as pd
 import pytest
 
 from premem.config import load_config
-from premem.recipes.curation import CurationConfig, curves, efficiency, experiment
+from premem.curate.loop import LoopConfig
+from premem.errors import InputError
+from premem.metrics.curves import curves, efficiency
+from premem.recipes.curation import CurationConfig, CurationResult, experiment, seed_loops, summary
+from premem.store import ScoreStore
 
-
-def test_efficiency_reads_the_iid_curve_in_log_examples():
-    rounds = pd.DataFrame(
-        [
-            # seed, strategy, round, examples, test_acc: two seeds, i.i.d. 0.1 -> 0.2 -> 0.3 at 64/128/256
-            (s, "random", r, n, a) for s in (0, 1) for r, n, a in ((0, 64, 0.1), (1, 128, 0.2), (2, 256, 0.3))
-        ]
-        + [(s, "premem_low", r, n, a) for s in (0, 1) for r, n, a in ((1, 128, 0.3), (2, 256, 0.5))],
-        columns=["seed", "strategy", "round", "examples", "test_acc"],
-    )
-    c = curves(rounds)
-    low = c[c["strategy"] == "premem_low"].set_index("examples")
-    assert low.loc[64, "mean"] == pytest.approx(0.1)  # the shared start counts for every strategy
-    assert low.loc[128, "mean"] == pytest.approx(0.3) and low.loc[128, "n_seeds"] == 2
-    e = efficiency(c).set_index(["strategy", "examples"])
-    assert e.loc[("premem_low", 128), "iid_examples_needed"] == pytest.approx(256)  # i.i.d. needs 256 for 0.3
-    assert e.loc[("premem_low", 128), "ratio"] == pytest.approx(2.0)
-    assert e.loc[("random", 128), "ratio"] == pytest.approx(1.0)
-    # 0.15 lies halfway between 64 and 128 in accuracy: log-linear gives sqrt(64 * 128)
-    mid = efficiency(pd.concat([c, pd.DataFrame([{"strategy": "x", "examples": 100, "mean": 0.15, "std": 0, "n_seeds": 1}])]))
-    assert mid.set_index("strategy").loc["x", "iid_examples_needed"] == pytest.approx((64 * 128) ** 0.5)
-    assert e.loc[("premem_low", 256), "bound"] == ">"  # beyond the i.i.d. curve: a lower bound only
+TINY = ["seeds=[0]", "strategies=[random,premem_low]", "start=12", "budgets=[24]", "iid_budgets=[36]",
+        "benchmark.n_test=12", "model.pretrain_steps=20", "model.pretrain_problems=60", "model.vocab_size=512",
+        "train.epochs=2", "sampling.samples=2", "sampling.max_new_tokens=32", "exec.actors=1", "exec.progress=false"]
 
 
 @pytest.mark.slow
 def test_tiny_experiment_end_to_end(tmp_path):
-    cfg = load_config(CurationConfig, None, [
-        f"out={tmp_path / 'cur'}", "seeds=[0]", "strategies=[random,premem_low]", "start=12", "budgets=[24]",
-        "iid_budgets=[36]", "benchmark.n_test=12", "model.pretrain_steps=20", "model.pretrain_problems=60",
-        "model.vocab_size=512", "train.epochs=2", "sampling.samples=2", "sampling.max_new_tokens=32", "actors=1",
-        "progress=false",
-    ])
-    rounds = experiment(cfg)
+    cfg = load_config(CurationConfig, None, [f"out={tmp_path / 'cur'}", *TINY])
+    result = experiment(cfg)
+    rounds = result.rounds
     assert sorted(map(tuple, rounds[["strategy", "examples"]].to_numpy())) == [
         ("premem_low", 12), ("premem_low", 24), ("random", 12), ("random", 24), ("random", 36)]
     out = tmp_path / "cur"
-    assert (out / "rounds.parquet").exists()
-    # premem_low collected 12 new problems like its lowest-premem quarter (3 examples), none seen before
-    collected = pd.read_json(out / "seed0" / "premem_low" / "round1" / "collected.jsonl", lines=True)
+    assert result.report == out / "report.html" and result.report.read_text().startswith("<!DOCTYPE html>")
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pd.testing.assert_frame_equal(pd.read_csv(out / "curves.csv"), result.curves, check_dtype=False)
+    assert "report: " + str(out / "report.html") in summary(result)
+    # the record is each loop's store: premem_low's round 1 made 12 new problems like its lowest-premem quarter
+    # (3 examples), none seen before; every loop of the seed shares one round 0 (one run trained)
+    made = ScoreStore(out / "seed0" / "premem_low" / "store").read("curation_examples").query("round == 1")
     start = pd.read_json(out / "seed0" / "start" / "data.jsonl", lines=True)
-    assert len(collected) == 12 and not set(collected["question"]) & set(start["question"])
-    assert collected["template_id"].nunique() == 3 and collected["template_id"].value_counts().tolist() == [4, 4, 4]
+    assert len(made) == 12 and not set(made["question"]) & set(start["question"])
+    assert made["template_id"].nunique() == 3 and made["template_id"].value_counts().tolist() == [4, 4, 4]
+    runs = ScoreStore(out / "seed0" / "random" / "store").read("curation_rounds")["run_dir"].tolist()
+    assert runs[0] == str(out / "seed0" / "start" / "run") and not (out / "seed0" / "random" / "round0").exists()
     again = experiment(cfg)  # everything reused: same table
-    pd.testing.assert_frame_equal(again, rounds)
+    pd.testing.assert_frame_equal(again.rounds, rounds)
 
     # half of each round's new problems i.i.d.: a strategy of its own, added to the table beside the others
     mixed = experiment(dataclasses.replace(cfg, strategies=["premem_low"], iid_budgets=[], iid_mix=0.5))
-    assert set(mixed["strategy"]) == {"random", "premem_low", "premem_low-mix0.5"}
-    collected = pd.read_json(out / "seed0" / "premem_low-mix0.5" / "round1" / "collected.jsonl", lines=True)
-    assert (collected["template_id"] == -1).sum() == 6 and len(collected) == 12
+    assert set(mixed.rounds["strategy"]) == {"random", "premem_low", "premem_low-mix0.5"}
+    made = ScoreStore(out / "seed0" / "premem_low-mix0.5" / "store").read("curation_examples").query("round == 1")
+    assert (made["template_id"] == -1).sum() == 6 and len(made) == 12
+
+
+def test_one_loop_per_seed_and_strategy_from_one_start(tmp_path):
+    cfg = load_config(CurationConfig, None, [f"out={tmp_path}", "strategies=[premem_low,random,loss]", "near=2",
+                                             "iid_mix=0.25", "exec.backend=vllm"])
+    loops = seed_loops(cfg, 1, tmp_path / "base", tmp_path / "test.jsonl")
+    assert [c.name for c in loops] == ["random", "premem_low-near2-mix0.25", "loss-near2-mix0.25", "iid"]
+    assert all(isinstance(c, LoopConfig) and c.round0 == str(tmp_path / "seed1" / "start") and c.seed == 1
+               and c.exec.backend == "vllm" and not c.score_train for c in loops)
+    random, low, _, iid = loops
+    assert (random.generator.iid_mix, low.generator.iid_mix, iid.generator.iid_mix) == (1.0, 0.25, 1.0)
+    assert (low.generator.near, random.generator.near) == (2, None)
+    assert (random.sizes, iid.sizes) == ([256, 512], [1024])
+
+
+def test_exec_from_yaml_with_the_recipe_defaults_kept(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("exec: {backend: vllm}\n")
+    ex = load_config(CurationConfig, str(path), []).exec
+    assert (ex.backend, ex.actors, ex.options.threads, ex.options.batch_size) == ("vllm", 2, 1, 64)
+    ex = CurationConfig().exec
+    assert (ex.backend, ex.actors, ex.options.threads, ex.options.batch_size) == ("hf", 2, 1, 64)
+
+
+def test_summary_is_what_the_command_prints(tmp_path):
+    table = pd.DataFrame([(s, name, r, n, a) for s in (0, 1) for name, k in (("random", 0), ("loss", 0.1))
+                          for r, n, a in ((0, 64, 0.1), (1, 128, 0.2 + k))],
+                         columns=["seed", "strategy", "round", "examples", "test_acc"])
+    c = curves(table)
+    text = summary(CurationResult(tmp_path, table, c, efficiency(c), tmp_path / "report.html"))
+    lines = text.split("\n")
+    assert lines[:3] == ["", "test accuracy (mean ± std over seeds) by training-set size", ""]
+    assert "0.300 ± 0.000" in text and lines[-1] == f"report: {tmp_path / 'report.html'}"
+    assert "data efficiency: i.i.d. examples needed for the same test accuracy / examples used" in text
 
 
 @pytest.mark.parametrize("override, message", [
@@ -77,11 +99,11 @@ def test_tiny_experiment_end_to_end(tmp_path):
     ("model.layers=0", "model.layers: expected an integer >= 1, got 0"),
     ("train.batch_size=0", "train.batch_size: expected a value at least 1, got 0"),
     ("sampling.top_p=0", "sampling.top_p: expected a number in (0, 1]"),
-    ("actors=-1", "actors: expected an integer >= 1, got -1"),
+    ("exec.actors=-1", "exec.actors: expected an integer >= 1, got -1"),
+    ("exec.backend=nosuch", "exec.backend: unknown backend 'nosuch'"),
+    ("exec.options.batch_size=0", "exec.options.batch_size: expected an integer >= 1, got 0"),
 ])
 def test_every_setting_is_checked_before_anything_is_written(tmp_path, override, message):
-    from premem.errors import InputError
-
     cfg = load_config(CurationConfig, None, [f"out={tmp_path / 'cur'}", override])
     with pytest.raises(InputError) as e:
         experiment(cfg)  # validate() runs first: an error here has written nothing
@@ -91,8 +113,6 @@ def test_every_setting_is_checked_before_anything_is_written(tmp_path, override,
 
 @pytest.mark.parametrize("tau", [float("inf"), float("nan")])
 def test_a_non_finite_tau_from_python_is_refused(tmp_path, tau):
-    from premem.errors import InputError
-
     with pytest.raises(InputError, match="tau: expected a finite number"):
         experiment(CurationConfig(out=str(tmp_path / "cur"), tau=tau))
     assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,5 @@
-"""The curation experiment's HTML report, opened in a real headless Chromium (see test_report.py)."""
+"""The curation experiment's HTML report from its loops' records, opened in a real headless Chromium
+(see test_report.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pandas as pd
 import pytest
 
 from premem.errors import InputError
-from premem.recipes.curation import curves, efficiency
+from premem.metrics.curves import IID_LOOP, curves, efficiency
 from premem.report.curation import build_curation_report
+from premem.store import ScoreStore
 from tests.report.test_report import Opened, assert_self_contained, browser, check_page  # noqa: F401 (browser: fixture)
 
 START, BUDGETS, IID = 64, [128, 256], [512]
@@ -18,7 +20,7 @@ SKILL = {"random": 0.0, "premem_low": 0.06, "loss": -0.02}  # premem_low at 256 
 
 
 def make_rounds(seeds=(0, 1, 2), strategies=tuple(SKILL), iid=True) -> pd.DataFrame:
-    """A rounds.parquet as the experiment writes it: round 0 repeated per strategy, round -1 i.i.d. only."""
+    """The experiment's rounds: round 0 repeated per strategy, round -1 i.i.d. only."""
     rng = np.random.default_rng(0)
     rows = []
     for seed in seeds:
@@ -35,8 +37,17 @@ def make_rounds(seeds=(0, 1, 2), strategies=tuple(SKILL), iid=True) -> pd.DataFr
 
 
 def write_rounds(out_dir, rounds: pd.DataFrame):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rounds.to_parquet(out_dir / "rounds.parquet", index=False)
+    """The rounds as the experiment's loops record them: one curation_rounds per (seed, strategy) in
+    out_dir/seed<s>/<strategy>/store, and the i.i.d.-only sizes (round -1) as the rounds of the seed's iid loop."""
+    for (seed, name), g in rounds.groupby(["seed", "strategy"]):
+        own, beyond = g[g["round"] >= 0], g[g["round"] < 0].sort_values("examples")
+        loops = [(name, own)]
+        if len(beyond):  # the iid loop starts from the seed's shared start too
+            loops.append((IID_LOOP, pd.concat([own[own["round"] == 0], beyond.assign(round=range(1, len(beyond) + 1))])))
+        for loop_name, table in loops:
+            record = table.assign(loop=loop_name, added=table["examples"], generator="arith", data_sha256="x",
+                                  run_dir="r", store_dir="s")
+            ScoreStore(out_dir / f"seed{seed}" / loop_name / "store", create=True).append("curation_rounds", record)
     return out_dir
 
 
@@ -97,34 +108,34 @@ def test_one_seed_partial_and_no_iid(tmp_path):
     assert "No i.i.d. (random) rounds" in build_curation_report(write_rounds(tmp_path / "c", no_iid)).read_text()
 
 
-def test_missing_or_bad_rounds_is_one_line_naming_the_file(tmp_path):
+def test_no_or_bad_records_is_one_line_naming_the_file(tmp_path):
     exp = tmp_path / "exp"
-    with pytest.raises(InputError, match=r"exp/rounds.parquet: not found") as e:
+    with pytest.raises(InputError, match=r"exp: no curation loop records") as e:
         build_curation_report(exp)
     assert "\n" not in str(e.value) and not exp.exists()
-    exp.mkdir()
-    (exp / "rounds.parquet").write_bytes(b"not parquet at all")
-    with pytest.raises(InputError, match=r"rounds.parquet: not a readable parquet file") as e:
+    write_rounds(exp, make_rounds(seeds=(0,), strategies=("random",)))
+    path = exp / "seed0" / "random" / "store" / "curation_rounds.parquet"
+    path.write_bytes(b"not parquet at all")
+    with pytest.raises(InputError, match=r"curation_rounds.parquet: not a readable parquet file") as e:
         build_curation_report(exp)
     assert "\n" not in str(e.value)
-    write_rounds(exp, make_rounds().drop(columns=["test_acc"]))
-    with pytest.raises(InputError, match=r"rounds.parquet: missing column test_acc"):
+    make_rounds(seeds=(0,), strategies=("random",)).to_parquet(path)  # no loop column: not a loop's record
+    with pytest.raises(InputError, match=r"random/store/curation_rounds.parquet: missing column loop"):
         build_curation_report(exp)
-    assert sorted(p.name for p in exp.iterdir()) == ["rounds.parquet"]  # no report, no stray temporary file
+    assert not (exp / "report.html").exists() and not list(exp.glob("*.tmp*"))  # no report, no stray temporary
 
 
-def test_experiment_command_writes_the_report(tmp_path, monkeypatch, capsys):
-    """`premem experiment curation` writes report.html beside curves.png (the experiment itself stubbed out)."""
-    import premem.recipes.curation as recipe
-    from premem.cli import main
+def test_the_experiment_writes_its_artifacts_from_the_records(tmp_path):
+    """What `premem experiment curation` leaves beside the loops: curves.csv, efficiency.csv, curves.png, report."""
+    from premem.recipes.curation import summary, write_results
 
-    def experiment(cfg):
-        rounds = make_rounds()
-        write_rounds(tmp_path / "exp", rounds)
-        return rounds
-
-    monkeypatch.setattr(recipe, "experiment", experiment)
-    assert main(["experiment", "curation", "--out", str(tmp_path / "exp")]) == 0
-    assert f"report: {tmp_path / 'exp' / 'report.html'}" in capsys.readouterr().out
-    assert (tmp_path / "exp" / "report.html").read_text().startswith("<!DOCTYPE html>")
+    rounds = make_rounds()
+    result = write_results(write_rounds(tmp_path / "exp", rounds))
+    pd.testing.assert_frame_equal(result.rounds, rounds.sort_values(["seed", "strategy", "round", "examples"],
+                                                                     ignore_index=True), check_dtype=False)
+    assert result.report == tmp_path / "exp" / "report.html"
+    assert result.report.read_text().startswith("<!DOCTYPE html>")
     assert (tmp_path / "exp" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "exp" / "efficiency.csv", keep_default_na=False),
+                                  result.efficiency, check_dtype=False)
+    assert f"report: {result.report}" in summary(result)
