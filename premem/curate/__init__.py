@@ -7,7 +7,8 @@ Strategies (premem.curate.strategies, one registry name each): premem_low, rando
 difficulty, cartography, s2l. Per-example PreMem across runs, what premem_low ranks by:
 
     from premem.curate import example_scores
-    scores = example_scores(TrainingCurves.from_store(store), tau=-2.3)
+    from premem.metrics.premem import PAPER_TAU, TrainingCurves
+    scores = example_scores(TrainingCurves.from_store(store), tau=PAPER_TAU)
 """
 
 from premem.curate.api import CurateConfig, CurateResult, curate, parse_budget

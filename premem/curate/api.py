@@ -18,6 +18,7 @@ the data's). OUT then receives, all at once (premem.curate.export):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -28,13 +29,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from premem import __version__
 from premem.curate import export
 from premem.curate.strategies import CurationInput, Selection, Strategy, describe, get_strategy, params_of
 from premem.data import DataConfig, ExampleSet, load_example_set
 from premem.errors import InputError
 from premem.files import sha256_file, staged_dir
+from premem.metrics.premem import PAPER_TAU, TrainingCurves
 from premem.store import ScoreStore
+from premem.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class CurateConfig:
     """Output directory; empty: select only, write nothing."""
     runs: list[str] = field(default_factory=list)
     """Runs of the store whose scores to use (default: all)."""
-    tau: float | str = -2.3
+    tau: float | str = PAPER_TAU
     """Memorization threshold on log(log(ppl)) for premem_low, or auto (chosen as premem predict does, on all runs)."""
     seed: int = 0
     """Seed for sampling and tie-breaking: the same seed gives the same selection."""
@@ -109,6 +111,8 @@ def resolve_budget(budget: int | float, n: int, data_path: str, n_data: int) -> 
 
 def curate(cfg: CurateConfig) -> CurateResult:
     """Check everything, select with the strategy, and (when cfg.out is set) write OUT."""
+    if isinstance(cfg.data, (str, Path)):  # a path will do; the caller's config stays as it was
+        cfg = dataclasses.replace(cfg, data=DataConfig(path=str(cfg.data)))
     strategy, budget, tau = _check(cfg)
     store = ScoreStore(cfg.store)
     if cfg.out:
@@ -132,8 +136,6 @@ def curate(cfg: CurateConfig) -> CurateResult:
 
 
 def _check(cfg: CurateConfig) -> tuple[Strategy, int | float, float | str]:
-    if isinstance(cfg.data, (str, Path)):
-        cfg.data = DataConfig(path=str(cfg.data))
     if not cfg.store:
         raise InputError("store: say which score store to curate from (--store DIR)")
     if not cfg.data.path:
@@ -186,8 +188,7 @@ def _read_store(store: ScoreStore, data: ExampleSet, chosen: list[str]) -> tuple
 
 
 def _auto_tau(store: ScoreStore, train: pd.DataFrame, runs_table: pd.DataFrame) -> float:
-    from premem.metrics.predict import predict
-    from premem.metrics.premem import TrainingCurves
+    from premem.metrics.predict import predict  # sklearn: imported only when tau=auto needs it
 
     if not store.has("test_scores"):
         raise InputError(
@@ -262,3 +263,16 @@ def dumps_manifest(manifest: dict) -> str:
     text = json.dumps(head, indent=1, ensure_ascii=False)[: -len("\n}")]
     examples = ",\n".join("  " + json.dumps(e, ensure_ascii=False) for e in manifest["examples"])
     return f'{text},\n "rows": {json.dumps(manifest["rows"])},\n "examples": [\n{examples}\n ]\n}}\n'
+
+
+def summary(result: CurateResult) -> str:
+    """What `premem curate` prints: the selection, its scores, the files written."""
+    m = result.manifest
+    b, s = m["budget"], m["summary"]
+    tau = f", tau {m['tau']:g}" if m["tau"] is not None else ""
+    mean = {k: "-" if v is None else f"{v:.3f}" for k, v in s.items()}
+    return (f"{m['strategy']['name']}: {b['n']} of {b['candidates']} examples (budget {b['requested']}; "
+            f"{b['rows_written']} rows written; seed {m['seed']}{tau}; runs: {', '.join(m['runs'])})\n"
+            f"score = {m['strategy']['score']}: mean {mean['score_mean_rows']} over the rows written, "
+            f"{mean['score_mean_all']} over all candidates\n"
+            f"-> {result.subset}\n-> {result.prompt_completion}\n-> {result.out / 'manifest.json'}")

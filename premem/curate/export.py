@@ -9,8 +9,8 @@
 
 The output directory is built beside OUT under a temporary name and renamed into place at
 the end, so an error leaves nothing half-written; `check_out` refuses, before any work, to
-replace a directory that is not an earlier curate output (unless overwrite) or that holds
-the inputs or the working directory.
+replace a directory that is not an earlier curate output (unless overwrite), and whatever
+files.check_output refuses (an input, a directory holding an input or the working directory).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from premem.data import DataConfig, Example, get_template
 from premem.data.io import split_lines
 from premem.errors import InputError
-from premem.files import sha256_file
+from premem.files import check_output, sha256_file
 
 MANIFEST = "manifest.json"
 KIND = "premem-curate"
@@ -124,15 +124,10 @@ def is_curate_output(out: Path) -> bool:
 
 
 def check_out(out: str | Path, overwrite: bool, inputs: list[str | Path]) -> Path:
-    """Refuse an OUT that cannot be (re)written: a file, a foreign non-empty directory, or one holding an input."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"out {out}: exists and is not a directory")
-    resolved = out.resolve()
-    for p in [*inputs, Path.cwd()]:
-        p = Path(p).resolve()
-        if p == resolved or resolved in p.parents:
-            raise InputError(f"out {out}: would replace {p}, which it holds; choose a new directory")
+    """Refuse an OUT that cannot be (re)written: files.check_output's rules for a directory the job
+    replaces (not a file, not an input, holding no input nor the working directory), and a non-empty
+    directory that is not an earlier curate output unless overwrite."""
+    out = check_output(out, inputs, kind="dir", what="out", replaces=True)
     if out.is_dir() and any(out.iterdir()) and not is_curate_output(out) and not overwrite:
         raise InputError(
             f"out {out}: not empty and not an earlier premem curate output (no {MANIFEST} of one); "

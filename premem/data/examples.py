@@ -11,7 +11,7 @@ Formats and their default columns (any of them can be renamed with `fields`):
     gsm8k              question, answer ("reasoning ... #### 42"; the number after #### is the answer)
     math               problem, solution, optional answer (else the last \\boxed{} of the solution)
     prompt_completion  prompt, completion (TRL), optional answer
-    messages           messages (a chat; see _question_text for which turns are used), optional answer
+    messages           messages (a chat; see rows.question_text for which turns are used), optional answer
     preference         prompt, chosen, rejected (TRL), optional answer
     canonical          question, solution, optional answer, example_id, rejected (what
                        `premem data check --out` writes, so premem reads its own output back)
@@ -29,31 +29,21 @@ them (see DataConfig), and ExampleSet.rendered says what was done.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from premem.data.grading import get_grader, last_boxed
 from premem.data.io import Table, read_table
-from premem.data.templates import PaperTemplate
+from premem.data.rendered import rendered_kind, without_paper_template
+from premem.data.rows import Example, RowReader
 from premem.errors import InputError
 
-
-@dataclass(frozen=True)
-class Example:
-    example_id: int
-    """Stable id: the id column if the config names one, else the row's 0-based position in the file."""
-    question: str
-    """The query."""
-    solution: str
-    """The reasoning trace the model is finetuned on (the target, before templating)."""
-    answer: str
-    """The gold final answer."""
-    rejected: str | None = None
-    """Preference data only: the rejected response."""
+__all__ = [
+    "AUTO_ORDER", "CANONICAL_FIELDS", "FORMATS", "FORMAT_COLUMNS", "DataConfig", "Example", "ExampleSet",
+    "dataset_fingerprint", "detect_format", "load_example_set", "load_examples",
+]
 
 
 @dataclass
@@ -100,11 +90,7 @@ AUTO_ORDER = ("preference", "prompt_completion", "math", "canonical", "gsm8k", "
 
 RENDERED = ("auto", "paper", "none")
 
-# In these formats the solution is free-form model text, so the answer may be found by the
-# grader's lenient extraction; gsm8k and math solutions must carry the answer in canonical form.
-_FREE_FORM = {"prompt_completion", "messages", "preference"}
 
-_ANSWER_MARK = {"gsm8k": "'####'", "math": "\\boxed{}"}
 
 
 def detect_format(columns: list[str], fields: dict[str, str] | None = None) -> str | None:
@@ -160,11 +146,11 @@ def load_example_set(cfg: DataConfig) -> ExampleSet:
     rows = table.rows if cfg.limit is None else table.rows[: cfg.limit]
     grader_name = cfg.grader if cfg.grader != "auto" else _auto_grader(fmt, rows, columns["solution"])
     grader = _get_grader(grader_name)
-    reader = _RowReader(fmt, columns, grader, grader_name, table)
+    reader = RowReader(fmt, columns, grader, grader_name, table)
     examples = [reader.example(row, i) for i, row in enumerate(rows)]
-    rendered = _rendered(examples, cfg.rendered, columns, table)
+    rendered = rendered_kind(examples, cfg.rendered, columns, table)
     if rendered == "paper":
-        examples = [_without_paper_template(ex, table.where(i), columns) for i, ex in enumerate(examples)]
+        examples = [without_paper_template(ex, table.where(i), columns) for i, ex in enumerate(examples)]
     _check_unique_ids(examples, table, columns.get("id"))
     return ExampleSet(table.path, fmt, grader_name, examples, rendered)
 
@@ -240,176 +226,6 @@ def _get_grader(name: str) -> Any:
 
 
 # --- one row ------------------------------------------------------------------------------
-
-
-@dataclass
-class _RowReader:
-    """What turning one row into an Example needs, fixed once per dataset."""
-
-    fmt: str
-    columns: dict[str, str]
-    grader: Any
-    grader_name: str
-    table: Table
-
-    def example(self, row: dict, i: int) -> Example:
-        where, columns = self.table.where(i), self.columns
-        example_id = _int_id(row.get(columns["id"]), where, columns["id"]) if "id" in columns else i
-        question_value = _text_value(row, columns["question"], where)
-        same_column = columns["question"] == columns["solution"]
-        question = _question_text(question_value, same_column, columns["question"], where)
-        solution = _response_text(_text_value(row, columns["solution"], where), columns["solution"], where)
-        rejected = None
-        # canonical rows hold a null rejected response unless they are preference data
-        if "rejected" in columns and not (self.fmt == "canonical" and row.get(columns["rejected"]) is None):
-            rejected = _response_text(_text_value(row, columns["rejected"], where), columns["rejected"], where)
-            if rejected.strip() == solution.strip():
-                raise InputError(
-                    f"{where}: fields '{columns['solution']}' and '{columns['rejected']}' hold the same response; "
-                    "a preference pair needs two different ones"
-                )
-        return Example(example_id, question, solution, self.answer(row, solution, where), rejected)
-
-    def answer(self, row: dict, solution: str, where: str) -> str:
-        """The answer column's value when non-empty, else the answer found in the solution."""
-        columns = self.columns
-        if "answer" in columns:
-            value = row.get(columns["answer"])
-            if value is not None and str(value).strip():
-                return str(value).strip()
-        answer = self.grader.gold_from_solution(solution)
-        if not answer and self.fmt in _FREE_FORM:
-            answer = self.grader.extract_flexible(solution)
-        if answer:
-            return answer
-        column_note = f"field '{columns['answer']}' empty and " if "answer" in columns else ""
-        if self.fmt in _FREE_FORM:
-            found_none = f"the {self.grader_name} grader found none"
-        else:
-            found_none = f"no {_ANSWER_MARK.get(self.grader_name, 'final answer')}"
-        raise InputError(f"{where}: no final answer ({column_note}{found_none} in field '{columns['solution']}')")
-
-
-def _text_value(row: dict, column: str, where: str) -> str | list:
-    value = row.get(column)
-    if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value):
-        raise InputError(f"{where}: field '{column}' is missing or empty")
-    if not isinstance(value, (str, list)):
-        kind = type(value).__name__
-        raise InputError(f"{where}: field '{column}' is {kind}, expected text or a list of chat messages")
-    return value
-
-
-def _question_text(value: str | list, same_column_as_solution: bool, column: str, where: str) -> str:
-    """The user turn of a conversation (or the string itself).
-
-    A chat that also holds the solution (the messages format) gives the last user turn
-    before its last assistant turn; a prompt gives its last user turn. Earlier turns and
-    system messages are dropped: examples are single-turn, which loses the context of a
-    genuinely multi-turn chat.
-    """
-    if isinstance(value, str):
-        return value
-    messages = _messages(value, column, where)
-    if same_column_as_solution:
-        last_assistant = max((k for k, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
-        messages = messages[:last_assistant]
-    return _last_turn(messages, "user", column, where)
-
-
-def _response_text(value: str | list, column: str, where: str) -> str:
-    """The last assistant turn of a conversation (or the string itself)."""
-    if isinstance(value, str):
-        return value
-    return _last_turn(_messages(value, column, where), "assistant", column, where)
-
-
-def _messages(value: list, column: str, where: str) -> list[dict]:
-    for m in value:
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise InputError(
-                f"{where}: field '{column}' is a list but not of chat messages ({{role, content}} with text content)"
-            )
-    return value
-
-
-def _last_turn(messages: list[dict], role: str, column: str, where: str) -> str:
-    for m in reversed(messages):
-        if m["role"] == role:
-            if not m["content"].strip():
-                raise InputError(f"{where}: field '{column}' has an empty {role} message")
-            return m["content"]
-    raise InputError(f"{where}: field '{column}' has no {role} message")
-
-
-# --- rows that already carry the paper template ---------------------------------------------
-
-
-def _rendered(examples: list[Example], setting: str, columns: dict[str, str], table: Table) -> str:
-    """"paper" when the rows are to be read without the paper template they carry, else "none".
-
-    Every row is looked at: a file whose rows disagree would have the template applied twice
-    to some rows, or not at all to others, so it is an error naming the first row that differs.
-    """
-    if setting == "none":
-        return "none"
-    kinds = [_template_kind(ex) for ex in examples]
-    if setting == "paper":
-        for i, kind in enumerate(kinds):
-            if kind != "paper":
-                raise InputError(f"{table.where(i)}: data.rendered=paper, but {_describe(kind, columns)}")
-        return "paper"
-    first = kinds[0]
-    for i, kind in enumerate(kinds):
-        if kind == "partial" or kind != first:
-            row_0 = "" if i == 0 else ", while row 0 " + ("carries it" if first == "paper" else "does not")
-            raise InputError(
-                f"{table.where(i)}: {_describe(kind, columns)}{row_0}; the template would be applied twice to "
-                "part of the data; fix the rows, or set data.rendered=none to use every row as it is"
-            )
-    return first
-
-
-def _template_kind(ex: Example) -> str:
-    """paper (prompt and every response carry the paper template), none (none does) or partial."""
-    responses = [ex.solution] + ([] if ex.rejected is None else [ex.rejected])
-    marks = [PaperTemplate.prompt_carries(ex.question)] + [PaperTemplate.response_carries(r) for r in responses]
-    return "paper" if all(marks) else "none" if not any(marks) else "partial"
-
-
-def _describe(kind: str, columns: dict[str, str]) -> str:
-    prompt = f"field '{columns['question']}' ends with {PaperTemplate.PROMPT_END!r}"
-    start, end = PaperTemplate.RESPONSE_START, PaperTemplate.RESPONSE_END
-    response = f"field '{columns['solution']}' is {start!r} + text + {end!r}"
-    if "rejected" in columns:
-        response += f", and so is field '{columns['rejected']}'"
-    if kind == "paper":
-        return f"carries the paper template ({prompt} and {response})"
-    if kind == "none":
-        return "does not carry the paper template"
-    return f"carries the paper template only in part (it takes both: {prompt}; {response})"
-
-
-def _without_paper_template(ex: Example, where: str, columns: dict[str, str]) -> Example:
-    """The example as it was before PaperTemplate.render. The answer stays: graders read only up
-    to "\\nDone." (cut_at_done), so it is the same with the template or without."""
-    question = PaperTemplate.strip_prompt(ex.question)
-    solution = PaperTemplate.strip_response(ex.solution)
-    rejected = None if ex.rejected is None else PaperTemplate.strip_response(ex.rejected)
-    for column, text in [(columns["question"], question), (columns["solution"], solution)]:
-        if not text.strip():
-            raise InputError(f"{where}: field '{column}' is empty once the paper template is taken off")
-    return dataclasses.replace(ex, question=question, solution=solution, rejected=rejected)
-
-
-def _int_id(value: Any, where: str, column: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-        return int(value)
-    raise InputError(f"{where}: id {value!r} in field '{column}' is not an integer")
 
 
 def _check_unique_ids(examples: list[Example], table: Table, id_column: str | None) -> None:

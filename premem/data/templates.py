@@ -20,7 +20,7 @@ from premem.errors import InputError
 
 class Example(Protocol):
     """What a template reads of an example (premem.data.examples.Example is one). A Protocol rather than
-    an import: examples.py reads rows that already carry the paper template with PaperTemplate's help."""
+    an import: rendered.py reads rows that already carry the paper template with PaperTemplate's help."""
 
     question: str
     solution: str

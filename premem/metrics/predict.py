@@ -31,18 +31,19 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import mean_absolute_error, r2_score
 
 from premem.errors import InputError
-from premem.metrics.premem import FEATURES, TrainingCurves
+from premem.metrics.premem import FEATURES, PAPER_TAU, TrainingCurves
+from premem.store import ScoreStore
 
 log = logging.getLogger(__name__)
 
 TAU_GRID = tuple(np.round(np.arange(-4.0, -0.45, 0.1), 2))  # log(log(ppl)) from ppl 1.018 to 1.82
-PAPER_TAU = -2.3  # Kang et al.'s GSM8K / Llama-3-8B value: the default where auto has too few runs to choose on
 AUTO_MIN_RUNS = 3  # nested leave-one-run-out: each held-out run's tau is chosen on >= 2 others
 # tau_mode -> how the printed header says tau was set
 TAU_MODES = {
@@ -184,18 +185,22 @@ def _loro_r2(x: np.ndarray, y: np.ndarray, runs: np.ndarray) -> float:
 def choose_tau(features: dict[float, np.ndarray], y: np.ndarray, runs: np.ndarray) -> float:
     """The tau whose premem feature gives the best leave-one-run-out R² on these points.
 
-    Ties go to the tau nearest the paper's GSM8K value (-2.3), so flat regions are stable.
+    Ties go to the tau nearest the paper's GSM8K value (PAPER_TAU), so flat regions are stable.
     """
-    best = max(features, key=lambda tau: (round(_loro_r2(features[tau], y, runs), 12), -abs(tau + 2.3)))
+    best = max(features, key=lambda tau: (round(_loro_r2(features[tau], y, runs), 12), -abs(tau - PAPER_TAU)))
     return float(best)
 
 
-def predict(curves: TrainingCurves, tau: float | str | None = None, grid: tuple[float, ...] = TAU_GRID) -> Prediction:
+def predict(curves: TrainingCurves | ScoreStore | str | Path, tau: float | str | None = None,
+            grid: tuple[float, ...] = TAU_GRID) -> Prediction:
     """Fit test accuracy on pre-memorization accuracy (and each baseline) over all scored checkpoints.
 
-    tau: a number, "auto", or None for the default rule (resolve_tau): auto with >= 3 scored runs, else -2.3.
+    curves: the runs' TrainingCurves, or the score store (a ScoreStore or its directory) to read them from.
+    tau: a number, "auto", or None for the default rule (resolve_tau): auto with >= 3 scored runs, else PAPER_TAU.
     """
     tau = check_tau(tau)
+    if not isinstance(curves, TrainingCurves):
+        curves = TrainingCurves.from_store(curves if isinstance(curves, ScoreStore) else ScoreStore(curves))
     n_runs = len(curves.scored_runs())
     if n_runs < 2:
         dropped = ", ".join(map(repr, curves.dropped_test_runs))
@@ -262,3 +267,37 @@ def _r2_note(y: np.ndarray) -> str:
     if len(y) <= 2:
         return "R2 undefined: 2 checkpoints with test scores; a line fits any 2 points exactly"
     return ""
+
+
+def fit_table(pred: Prediction) -> str:
+    """The R² / leave-one-run-out table of premem and its baselines, as `premem predict` prints it."""
+
+    def r2(v: float) -> str:  # an undefined R² is NaN: say so, never print a number for it
+        return "undefined" if v != v else f"{v:.3f}"
+
+    w1, w2 = (9, 9) if pred.r2_note else (7, 8)  # room for "undefined"; the usual table keeps its layout
+    lines = [
+        f"{pred.n_runs} runs, {pred.n_points} checkpoints with test scores; "
+        f"tau = {pred.tau:g} ({pred.tau_how}; memorized when log(log(ppl)) < tau)",
+        f"test_acc ~ {pred.slope:.3f} * premem + {pred.intercept:.3f}",
+        "",
+        f"{'predictor':<34} {'R2':>{w1}} {'LORO R2':>{w2}} {'MAE':>7} {'LORO MAE':>9}",
+    ]
+    rows = [(FEATURES["premem"], pred.r2, pred.r2_loro, pred.mae, pred.mae_loro)]
+    rows += [(FEATURES[k], b.r2, b.r2_loro, b.mae, b.mae_loro) for k, b in pred.baselines.items()]
+    lines += [f"{label:<34} {r2(a):>{w1}} {r2(b):>{w2}} {mae:>7.3f} {mael:>9.3f}" for label, a, b, mae, mael in rows]
+    if pred.r2_note:
+        lines.append(pred.r2_note)
+    if pred.dropped_test_runs:
+        lines.append(f"left out: test scores of {', '.join(pred.dropped_test_runs)} (no run with train scores)")
+    return "\n".join(lines)
+
+
+def summary(pred: Prediction) -> str:
+    """What `premem predict` prints: the fit table, the tau chosen per held-out run, every point."""
+    text = [fit_table(pred)]
+    if pred.tau_per_run:
+        text.append(f"\ntau chosen for each held-out run: {sorted(set(pred.tau_per_run.values()))}")
+    cols = ["run", "step", "premem", "train_acc", "frac_memorized", "test_acc", "predicted", "predicted_loro"]
+    text.append("\n" + pred.points[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    return "\n".join(text)

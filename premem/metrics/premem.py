@@ -28,6 +28,10 @@ from premem.store import ScoreStore
 
 log = logging.getLogger(__name__)
 
+# Kang et al.'s tau for GSM8K / Llama-3-8B (MATH: -1.7). The one place the number is written: every config's
+# default and the default rule of premem.metrics.predict (where auto has too few runs to choose on) import it.
+PAPER_TAU = -2.3
+
 # The per-checkpoint features premem predicts test accuracy from. premem is the method;
 # the rest are the baselines the paper compares against.
 FEATURES = {

@@ -133,10 +133,12 @@ def test_out_rules(small):
     assert (foreign / "keep.txt").read_text() == "mine"
     curate(cfg(small, out=str(foreign), overwrite=True))
     assert not (foreign / "keep.txt").exists() and (foreign / "manifest.json").exists()
-    with pytest.raises(InputError, match="would replace"):
+    with pytest.raises(InputError, match=r"^out .*: holds the input .*, which replacing it would destroy"):
         curate(cfg(small, out=str(small["root"]), overwrite=True))  # holds the data and the store
+    with pytest.raises(InputError, match=r"^out .*: is also an input"):
+        curate(cfg(small, out=str(small["store"]), overwrite=True))
     (small["root"] / "file").write_text("x")
-    with pytest.raises(InputError, match="exists and is not a directory"):
+    with pytest.raises(InputError, match=r"^out .*: exists and is not a directory$"):
         curate(cfg(small, out=str(small["root"] / "file")))
 
 
@@ -242,3 +244,9 @@ def test_a_failure_while_writing_leaves_the_earlier_output_as_it_was(small, monk
         curate(cfg(small, out=str(small["root"] / "fresh")))
     assert not (small["root"] / "fresh").exists() and leftovers(small["root"]) == []
     assert not [p for p in small["root"].iterdir() if p.name.startswith(".fresh.")]
+
+
+def test_the_callers_config_is_left_as_it_was(small):
+    given = cfg(small, out="")  # data as a path: curate reads it as a DataConfig of its own
+    result = curate(given)
+    assert given.data == str(small["data"]) and result.manifest["data"]["path"] == str(small["data"])

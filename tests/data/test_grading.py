@@ -320,7 +320,7 @@ def test_math_verify_stuck_in_sympy_is_cut_off(caplog):
     try:
         assert grader.equivalent("2", "2.0")  # helper started and warm
         start = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="premem.data.grading"):
+        with caplog.at_level(logging.WARNING, logger="premem.data.grading.math"):
             # sympy evaluates 2^(2^(2^100)) as one C-level integer power: never finishes
             with ThreadPoolExecutor(1) as pool:  # from a worker thread, as in a Ray actor
                 assert pool.submit(grader.equivalent, "2^{2^{2^{100}}}", "5").result() is False
@@ -385,7 +385,7 @@ def test_math_helper_that_dies_mid_check_counts_as_wrong(caplog):
     grader = MathGrader(timeout_s=60.0)
     try:
         pids = _new_helper_pids(lambda: grader.equivalent("2", "2.0"))
-        with caplog.at_level(logging.WARNING, logger="premem.data.grading"):
+        with caplog.at_level(logging.WARNING, logger="premem.data.grading.math"):
             with ThreadPoolExecutor(1) as pool:
                 stuck = pool.submit(grader.equivalent, "2^{2^{2^{100}}}", "5")
                 time.sleep(1.0)  # one helper is now inside sympy

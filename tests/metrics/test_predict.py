@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from premem.cli import fit_table, main
+from premem.cli import main
 from premem.errors import InputError
-from premem.metrics.predict import TAU_MODES, choose_tau, predict, resolve_tau
+from premem.metrics.predict import TAU_MODES, choose_tau, fit_table, predict, resolve_tau
 from premem.metrics.premem import TrainingCurves
 from premem.store import ScoreStore
 from tests.conftest import shared, synthetic_tables

@@ -1,20 +1,4 @@
-"""Answer graders: read the final answer out of a reasoning trace and decide if it is right.
-
-Two graders, picked by name with `get_grader`:
-
-- "gsm8k": the answer is the number after "####" (GSM8K's own format, and the paper's).
-- "math":  the answer is the last \\boxed{...}; equivalence is decided by HF math-verify.
-
-Each grader extracts an answer two ways. *Strict* accepts only the trained format ("#### 42",
-"\\boxed{42}"); *flexible* also accepts "The answer is 42" and, failing that, the last number
-(GSM8K) or the last $...$ span (MATH). Strict is what the paper counts; flexible shows how much
-of the gap is format rather than reasoning.
-
-    grader = get_grader("gsm8k")
-    gold = grader.gold_from_solution(row["answer"])     # "72"
-    grade = grader.grade(sample_text, gold)             # Grade(strict_answer="72", ...)
-
-Model samples in the paper's format end with "\\nDone."; everything from there on is ignored.
+"""The MATH grader: the answer is the last \\boxed{}; equivalence is decided by HF math-verify.
 
 Timeouts for math-verify. Its own timeouts use signal.alarm, which only works in the main
 thread, so they are off here (parsing_timeout=None, timeout_seconds=None). A worker thread with
@@ -41,163 +25,14 @@ import re
 import threading
 from concurrent.futures import wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any, Callable, Iterable, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple
 
 from pebble import ProcessExpired, ProcessPool
 
-from premem.errors import InputError
+from premem.data.grading.base import GraderBase, after_answer_is, cut_at_done
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Grade:
-    strict_answer: str | None  # answer found by strict extraction (None = unparsed)
-    flexible_answer: str | None  # answer found by flexible extraction
-    strict_correct: bool
-    flexible_correct: bool
-
-
-class Grader(Protocol):
-    name: str
-
-    def extract_strict(self, text: str) -> str | None: ...
-    def extract_flexible(self, text: str) -> str | None: ...
-    def gold_from_solution(self, solution: str) -> str | None: ...
-    def equivalent(self, predicted: str, gold: str) -> bool: ...
-    def grade(self, text: str, gold: str) -> Grade: ...
-
-
-# -----------------------------------------------------------------------------
-# pieces both graders use
-
-# "The answer is 42" (also "The final answer is 42"); the last such phrase wins.
-_ANSWER_IS = re.compile(r"the (?:final )?answer is", re.IGNORECASE)
-
-
-def cut_at_done(text: str) -> str:
-    """The sample up to the paper's stop string "\\nDone." (a model that ran on is cut there)."""
-    return text.split("\nDone.", 1)[0]
-
-
-def _after_answer_is(text: str) -> str | None:
-    """The text after the last "The answer is", or None when the phrase is absent."""
-    last = None
-    for last in _ANSWER_IS.finditer(text):
-        pass
-    return None if last is None else text[last.end():]
-
-
-class _GraderBase:
-    """grade() is the same for every grader: extract both ways, compare each with the gold."""
-
-    name = ""
-
-    def grade(self, text: str, gold: str) -> Grade:
-        strict = self.extract_strict(text)
-        flexible = self.extract_flexible(text)
-        strict_ok = strict is not None and bool(gold) and self.equivalent(strict, gold)
-        if flexible == strict:  # the common case; don't pay for the comparison twice
-            flexible_ok = strict_ok
-        else:
-            flexible_ok = flexible is not None and bool(gold) and self.equivalent(flexible, gold)
-        return Grade(strict, flexible, strict_ok, flexible_ok)
-
-
-# -----------------------------------------------------------------------------
-# GSM8K: numbers
-
-# A number as it appears in GSM8K text: "-3", "$1,000.50", ".5", "18" in "18 dollars".
-_NUMBER = re.compile(
-    r"""
-    (?<![\w.,])                       # not the tail of a word or of a longer number ("x2", "1,5")
-    (?P<sign>[-+\u2212]?)             # sign, ASCII or the Unicode minus
-    \$?\s?                            # currency
-    (?:
-        (?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?   # 1,000 / 1000 / 1000.50
-      | (?P<bare>\.\d+)                                   # .5
-    )
-    """,
-    re.VERBOSE,
-)
-# Calculator annotations in GSM8K solutions: "48/2 = <<48/2=24>>24". They repeat numbers
-# out of order (the last number of "<<48/2=24>>" is fine, but "<<24*2=48>>" in the middle
-# of a line is not what the line says), so they are removed before anything is read.
-_CALCULATOR = re.compile(r"<<[^<>]*>>")
-
-
-def _canonical(match: re.Match) -> str:
-    """The matched number as a plain decimal string: "$1,000.00" -> "1000", ".50" -> "0.5"."""
-    sign = "-" if match["sign"] in ("-", "\u2212") else ""
-    digits = match["int"].replace(",", "") + (match["frac"] or "") if match["int"] else "0" + match["bare"]
-    text = format(Decimal(sign + digits), "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text
-
-
-def normalize_number(text: str) -> str | None:
-    """The number a short answer string states, canonical; None if it is not just a number.
-
-    Currency, thousands commas, a leading "+", "%", a trailing "." and unit words after the
-    number are dropped ("$1,000.00" -> "1000", "18 dollars" -> "18", "50%" -> "50"). Anything
-    with a second number in it ("12 - 5", "3/4") is not a number: None.
-    """
-    match = _NUMBER.match(text.strip())
-    if match is None or re.search(r"\d", text.strip()[match.end():]):
-        return None
-    return _canonical(match)
-
-
-def _first_number(text: str) -> str | None:
-    match = _NUMBER.search(text)
-    return None if match is None else _canonical(match)
-
-
-def _last_number(text: str) -> str | None:
-    last = None
-    for last in _NUMBER.finditer(text):
-        pass
-    return None if last is None else _canonical(last)
-
-
-class GSM8KGrader(_GraderBase):
-    """GSM8K: the answer is the number after "####"."""
-
-    name = "gsm8k"
-
-    def extract_strict(self, text: str) -> str | None:
-        """The first number on the line of the first "####"."""
-        text = _CALCULATOR.sub("", cut_at_done(text))
-        _, marker, after = text.partition("####")
-        return _first_number(after.split("\n", 1)[0]) if marker else None
-
-    def extract_flexible(self, text: str) -> str | None:
-        """After "####", else after the last "The answer is", else the last number in the text."""
-        text = _CALCULATOR.sub("", cut_at_done(text))
-        _, marker, after = text.partition("####")
-        if marker and (number := _first_number(after)) is not None:
-            return number
-        after = _after_answer_is(text)
-        if after is not None and (number := _first_number(after)) is not None:
-            return number
-        return _last_number(text)
-
-    def gold_from_solution(self, solution: str) -> str | None:
-        return self.extract_strict(solution)
-
-    def equivalent(self, predicted: str, gold: str) -> bool:
-        """Numerically equal when both are numbers ("1,000.00" == "1000"); else the same text."""
-        a, b = normalize_number(predicted), normalize_number(gold)
-        if a is not None and b is not None:
-            return Decimal(a) == Decimal(b)
-        return predicted.strip().lower() == gold.strip().lower()
-
-
-# -----------------------------------------------------------------------------
-# MATH: LaTeX answers
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 # Math spans: $$...$$, $...$, \(...\), \[...\]; an escaped dollar (\$5) is money, not math.
@@ -259,7 +94,7 @@ def normalize_latex(text: str) -> str:
     return "".join(text.split())
 
 
-class MathGrader(_GraderBase):
+class MathGrader(GraderBase):
     """MATH: the answer is the last \\boxed{}; equivalence by math-verify (in helper processes).
 
     close() stops this process's helpers; they also stop when the grader is collected and when
@@ -283,7 +118,7 @@ class MathGrader(_GraderBase):
         text = cut_at_done(text)
         if (boxed := last_boxed(text)) is not None:
             return boxed
-        after = _after_answer_is(text)
+        after = after_answer_is(text)
         if after is not None:
             line = after.strip().split("\n", 1)[0]
             spans = _math_spans(line)
@@ -427,50 +262,3 @@ def _math_verify_equivalent(predicted: str, gold: str) -> bool:
         raise  # a broken install, not a wrong answer
     except Exception:
         return False  # LaTeX that math-verify cannot read is not a match
-
-
-# -----------------------------------------------------------------------------
-# registry and a check of graders against datasets' own answers
-
-GRADERS: dict[str, type] = {"gsm8k": GSM8KGrader, "math": MathGrader}
-
-
-def get_grader(name: str) -> Grader:
-    if name not in GRADERS:
-        raise InputError(f"unknown grader {name!r}; known: {', '.join(GRADERS)}")
-    return GRADERS[name]()
-
-
-@dataclass(frozen=True)
-class Disagreement:
-    index: int  # position of the row
-    row_id: Any  # the row's unique_id (or id) field, else its index
-    gold: str | None  # the answer field (or what gold_from_solution read)
-    strict_answer: str | None  # what the grader read from the solution
-    flexible_answer: str | None
-
-
-def grade_gold_against_solutions(
-    rows: Iterable[dict[str, Any]],
-    grader: Grader,
-    answer_field: str | None,
-    solution_field: str,
-) -> tuple[int, int, list[Disagreement]]:
-    """How often the grader marks a dataset's own solutions correct: (n_agree, n_total, misses).
-
-    With answer_field the gold is that field (MATH: `answer` against the last box of
-    `solution`); with answer_field=None it is what gold_from_solution reads from the solution
-    itself (GSM8K: the "####" line). A row agrees when strict and flexible grades are both right.
-    """
-    n_agree, n_total, disagreements = 0, 0, []
-    for index, row in enumerate(rows):
-        solution = row[solution_field]
-        gold = grader.gold_from_solution(solution) if answer_field is None else str(row[answer_field])
-        grade = grader.grade(solution, gold) if gold is not None else Grade(None, None, False, False)
-        n_total += 1
-        if grade.strict_correct and grade.flexible_correct:
-            n_agree += 1
-        else:
-            row_id = row.get("unique_id", row.get("id", index))
-            disagreements.append(Disagreement(index, row_id, gold, grade.strict_answer, grade.flexible_answer))
-    return n_agree, n_total, disagreements
