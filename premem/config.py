@@ -22,6 +22,7 @@ field given a list) is an InputError naming the field.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import types
@@ -125,7 +126,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(map(str, data)) - set(fields))
     if unknown:
-        raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+        moved = [f"{sec}.{u}" for u in unknown for sec in fields if (sub := _dataclass_in(hints[sec]))
+                 and u in {f.name for f in dataclasses.fields(sub)}]
+        hint = f" (did you mean {', '.join(moved)}?)" if moved else ""  # actors=2 is now exec.actors=2
+        raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}{hint}; known: {', '.join(fields)}")
     kwargs = {}
     for name, value in data.items():
         name, at = str(name), f"{where}.{name}"
@@ -295,30 +299,59 @@ def _deepcopy(d: dict) -> dict:
 
 # -- --help from the dataclasses ------------------------------------------------------------
 
+# The field docstrings (a string literal under each field) are gone from compiled code: the compiler drops
+# them. So they are also kept in settings_docs.json beside this file, built from the source by `python -m
+# premem.config` (tests/test_config.py fails when it is stale), for installs that ship no .py files.
+DOCS_INDEX = Path(__file__).with_name("settings_docs.json")
+
 
 def field_docs(cls: type) -> dict[str, str]:
-    """A dataclass's field docstrings (the string literal right under each field), by field name."""
-    import ast
+    """A dataclass's field docstrings by field name: from its source where there is one, else from the index."""
     import inspect
+    import json
     import textwrap
 
+    index = None
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
             continue
         try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError):
-            continue
-        body = tree.body[0].body
-        for node, nxt in zip(body, body[1:]):
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr) \
-                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
+            docs.update(_class_docs(ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0]))
+        except (OSError, TypeError, SyntaxError):
+            if index is None:
+                index = json.loads(DOCS_INDEX.read_text()) if DOCS_INDEX.is_file() else {}
+            docs.update(index.get(f"{klass.__module__}.{klass.__qualname__}", {}))
     return docs
 
 
-def settings_help(config: Any, prefix: str = "", depth: int = 2) -> str:
+def _class_docs(node: ast.ClassDef) -> dict[str, str]:
+    """{field: docstring} of one class statement."""
+    body = node.body
+    return {a.target.id: " ".join(b.value.value.split()) for a, b in zip(body, body[1:])
+            if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+            and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)}
+
+
+def docs_index(package: Path = Path(__file__).parent) -> dict[str, dict[str, str]]:
+    """{module.Class: {field: docstring}} of every class in the package's source that documents its fields."""
+    index = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+        def visit(body: list, prefix: str) -> None:
+            for node in body:
+                if isinstance(node, ast.ClassDef):
+                    if docs := _class_docs(node):
+                        index[f"{module}.{prefix}{node.name}"] = docs
+                    visit(node.body, f"{prefix}{node.name}.")
+
+        visit(ast.parse(path.read_text(), str(path)).body, "")
+    return index
+
+
+def settings_help(config: Any, prefix: str = "", depth: int = 3) -> str:
     """Every setting of a config (a dataclass or an instance) as KEY (default): doc, nested configs as KEY.SUB
     with the defaults the outer config gives them: an epilog for --help."""
     import textwrap
@@ -340,3 +373,20 @@ def settings_help(config: Any, prefix: str = "", depth: int = 2) -> str:
         lines.append(textwrap.fill(f"{prefix}{f.name} ({shown!r}): {docs.get(f.name, '')}", 100,
                                    subsequent_indent="    "))
     return "\n".join(lines)
+
+
+def key_doc(cls: type, key: str) -> str:
+    """The docstring of a dotted setting of config class cls ("sampling.samples"), or "" where there is none."""
+    *sections, name = key.split(".")
+    for section in sections:
+        cls = _dataclass_in(typing.get_type_hints(cls).get(section))
+        if cls is None:
+            return ""
+    return field_docs(cls).get(name, "")
+
+
+if __name__ == "__main__":  # python -m premem.config: rebuild the docstring index from the source
+    import json
+
+    DOCS_INDEX.write_text(json.dumps(docs_index(), indent=1, sort_keys=True) + "\n")
+    print(f"{DOCS_INDEX}: {sum(map(len, docs_index().values()))} field docstrings")

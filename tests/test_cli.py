@@ -247,43 +247,64 @@ def test_flag_values_are_taken_as_given(tmp_path):
         assert_clean_error(run("data", "check", "--data", name, cwd=tmp_path), f"{name}: unknown file type")
 
 
-def parse(line: str):
-    """The command line's arguments as main sees them."""
-    from premem.cli import build_parser
-
-    args, extra = build_parser().parse_known_args(shlex.split(line))
-    args.overrides = extra
-    return args
-
-
-def test_each_verbs_flags_reach_its_config_unparsed():
+def config_of(line: str):
+    """The config a command line builds, through the one path main takes (flags, --config, KEY=VALUE)."""
     from premem import cli
-    from premem.curate import CurateConfig
-    from premem.data import DataConfig
-    from premem.data.probes import ProbeBuildConfig
-    from premem.sampling.job import ScoreConfig
-    from premem.sampling.probes import ProbeTrackConfig
-    from premem.train.sft import TrainConfig
 
-    cfg = cli._config(ScoreConfig, parse("score --run 2024 --train yes --test no --store 'st #2' --run-name 0123 "
-                                         "--samples 3 --allow-pickle"), cli.SCORE_FLAGS)
+    argv = shlex.split(line)
+    argv = ["curate-loop", *argv[2:]] if argv[:2] == ["curate", "loop"] else argv
+    args, extra = cli.build_parser().parse_known_args(argv)
+    args.overrides = extra
+    return cli.configure(cli.VERBS[args.name], args)
+
+
+def test_each_verbs_flags_reach_its_config_unparsed(tmp_path, monkeypatch):
+    cfg = config_of("score --run 2024 --train yes --test no --store 'st #2' --run-name 0123 --samples 3 --allow-pickle "
+                    "--backend vllm --actors 2 --gpus-per-actor 0.5 --address 10.0.0.1:6379")
     assert (cfg.run, cfg.train.path, cfg.test.path, cfg.store, cfg.run_name) == ("2024", "yes", "no", "st #2", "0123")
-    assert cfg.sampling.samples == 3 and cfg.options.allow_pickle is True
-    cfg = cli._config(TrainConfig, parse("train --model 'm: x' --train on --out 'exp #2' --run-name 0123"), cli.TRAIN_FLAGS)
+    assert cfg.sampling.samples == 3 and cfg.exec.options.allow_pickle is True
+    assert (cfg.exec.backend, cfg.exec.actors, cfg.exec.gpus_per_actor, cfg.exec.address) == ("vllm", 2, 0.5,
+                                                                                              "10.0.0.1:6379")
+    cfg = config_of("train --model 'm: x' --train on --out 'exp #2' --run-name 0123")
     assert (cfg.model, cfg.train.path, cfg.out, cfg.run_name) == ("m: x", "on", "exp #2", "0123")
-    cfg = cli._config(ProbeTrackConfig, parse("probe track --run 1e3 --store 's #1' --run-name 0123"), cli.PROBE_TRACK_FLAGS)
-    assert (cfg.run, cfg.store, cfg.run_name) == ("1e3", "s #1", "0123")
-    cfg = cli._config(ProbeBuildConfig, parse("probe build --data null --out 'p #1' --n 4"), cli.PROBE_BUILD_FLAGS)
+    cfg = config_of("probe track --run 1e3 --store 's #1' --run-name 0123 --actors 3")
+    assert (cfg.run, cfg.store, cfg.run_name, cfg.exec.actors) == ("1e3", "s #1", "0123", 3)
+    cfg = config_of("probe build --data null --out 'p #1' --n 4")
     assert (cfg.data, cfg.out, cfg.n) == ("null", "p #1", 4)
-    cfg = cli._config(CurateConfig, parse("curate --config configs/curate/gsm8k_paper.yaml --data yes --store 0x10 "
-                                          "--out 'c #2' --run a --run b"), cli.CURATE_FLAGS)
+    cfg = config_of(f"curate --config {ROOT}/configs/curate/gsm8k_paper.yaml --data yes --store 0x10 --out 'c #2' "
+                    "--run a --run b mode=upsample")
     assert (cfg.data.path, cfg.store, cfg.out, cfg.runs) == ("yes", "0x10", "c #2", ["a", "b"])
-    assert cfg.params == {"threshold": 0.75, "mode": "select"}  # the rest of the config file stays
-    cfg = cli._config(DataConfig, parse("data check --data '~' --limit 3"), cli.DATA_CHECK_FLAGS)
+    assert cfg.params == {"threshold": 0.75, "mode": "upsample"}  # the rest of the config file stays
+    cfg = config_of("data check --data '~' --limit 3")
     assert (cfg.path, cfg.limit) == ("~", 3)
-    # KEY=VALUE is read by the field's type: a text field keeps its text
-    cfg = cli._config(ScoreConfig, parse("score run_name=0123 store=exp#2 sampling.samples=4"), cli.SCORE_FLAGS)
-    assert (cfg.run_name, cfg.store, cfg.sampling.samples) == ("0123", "exp#2", 4)
+    assert config_of("score --run r --store s --samples 0").sampling.samples == 0  # 0 is a value given, not unset
+    # KEY=VALUE is read by the field's type: a text field keeps its text; exec settings go under exec
+    cfg = config_of("score run_name=0123 store=exp#2 sampling.samples=4 exec.options.threads=2 --run r")
+    assert (cfg.run_name, cfg.store, cfg.sampling.samples, cfg.exec.options.threads) == ("0123", "exp#2", 4, 2)
+    cfg = config_of("quickstart --out q exec.backend=vllm exec.actors=1")
+    assert (cfg.exec.backend, cfg.exec.actors) == ("vllm", 1)
+
+
+def test_an_execution_setting_outside_exec_names_where_it_went(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["score", "--run", "r", "--store", "s", "actors=2"]) == 2
+    assert "unknown field(s) actors (did you mean exec.actors?)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_is_fast_and_imports_no_library():
+    """`premem --help` and a verb's parser import nothing heavy: the table names modules, it does not load them."""
+    code = ("import sys; from premem.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pandas', 'ray', 'numpy', 'yaml')))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def test_flag_help_is_the_settings_docstring(capsys):
+    with pytest.raises(SystemExit):
+        main(["score", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--samples N k: answers sampled per query" in out and "--actors N Ray sampler actors" in out
+    assert "exec.options.threads (1): CPU threads" in out  # the settings, nested ones too
 
 
 WRONG_TYPES = [
@@ -334,3 +355,13 @@ def test_score_into_a_store_that_is_a_file_exits_2(tmp_path):
     proc = run("score", "--run", "run", "--train", "t.jsonl", "--store", "store", cwd=tmp_path)
     assert_clean_error(proc, "--store store", "not a directory")
     assert (tmp_path / "store").read_text() == "mine\n"
+
+
+def test_every_module_the_table_names_exists():
+    """The table names its library by dotted path (imported when a verb runs): a module moved without the table
+    following would fail only when that verb is used, so check them all here."""
+    from premem.cli import VERBS
+    from premem.commands import lib
+
+    specs = [s for v in VERBS.values() for s in (v.run, v.show, v.config) if isinstance(s, str)]
+    assert len(specs) > 20 and all(callable(lib(s)) for s in specs)

@@ -200,3 +200,45 @@ def test_a_value_of_the_wrong_type_is_one_error_naming_the_field(override, messa
     with pytest.raises(InputError) as e:
         load_config(Job, None, [override])
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+# -- --help where no source is installed (issue 13) -------------------------------------------------
+
+
+def test_the_docstring_index_is_current():
+    """settings_docs.json is what `python -m premem.config` builds from today's source: rebuild it after
+    changing a setting's docstring."""
+    import json
+
+    from premem.config import DOCS_INDEX, docs_index
+
+    assert json.loads(DOCS_INDEX.read_text()) == docs_index(), "stale: run `python -m premem.config`"
+
+
+@pytest.mark.slow
+def test_help_from_docstrings_without_the_source(tmp_path):
+    """A compiled-only copy of the package (no .py files: the field docstrings are gone from the bytecode)
+    still shows every setting's docstring in --help, from the index."""
+    import compileall
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import premem
+
+    copy = tmp_path / "premem"
+    shutil.copytree(Path(premem.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert compileall.compile_dir(copy, legacy=True, quiet=1)
+    for source in copy.rglob("*.py"):
+        source.unlink()
+    code = ("import inspect; from premem.config import field_docs; from premem.execution import ExecConfig\n"
+            "try:\n    inspect.getsource(ExecConfig); print('source found')\nexcept OSError:\n    pass\n"
+            "print(field_docs(ExecConfig)['actors']); from premem.cli import main; main(['curate', 'loop', '--help'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PYTHONPATH": str(tmp_path), "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "source found" not in out and out.startswith("Ray sampler actors")
+    assert "usage: premem curate loop" in out and "template_fraction (0.25): " in out
+    assert "sizes ([]): Training-set size after each round" in out or "Training-set size after each round" in out

@@ -26,7 +26,7 @@ STAGES = [
     ("curate", ["premem.curate"]),
     ("report", ["premem.report"]),
     ("recipes", ["premem.recipes"]),
-    ("cli", ["premem.cli", "premem.__main__", "premem.callbacks", "premem"]),  # "premem": the public API
+    ("cli", ["premem.cli", "premem.commands", "premem.__main__", "premem.callbacks", "premem"]),  # "premem": the public API
 ]
 MAX_LINES = 400
 MAX_CLI_LINES = 300

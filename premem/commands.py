@@ -1,0 +1,71 @@
+"""What the verbs of `premem` run where no one library function does it all: predict with its plot, the report
+with its checks, a run or a sweep, the probe tables, the strategies for --help. premem.cli's table names them.
+
+Library modules are named by dotted path and imported only when a verb runs, so the command starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from premem.errors import InputError
+
+
+def lib(spec: str) -> Any:
+    """`module:name`, imported now."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def predict(args: argparse.Namespace, _) -> Any:
+    """`premem predict`: the fit on a store, and its scatter plot when --plot names a file."""
+    if args.plot and Path(args.plot).suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise InputError(f"--plot {args.plot}: use a .png, .svg or .pdf file name")
+    if args.plot:
+        lib("premem.files:check_output")(args.plot, [args.store], what="--plot")
+    pred = lib("premem.metrics.predict:predict")(args.store, args.tau)  # tau None: the rule every verb shares
+    if args.plot:
+        lib("premem.report.plots:prediction_scatter")(pred, args.plot)
+    return pred
+
+
+def report(args: argparse.Namespace, _) -> Path:
+    """`premem report`: the HTML report of a store, its --out checked first."""
+    if Path(args.out).suffix.lower() not in (".html", ".htm"):
+        raise InputError(f"--out {args.out}: the report is one .html file")
+    lib("premem.files:check_output")(args.out, [args.store])
+    lib("premem.store:ScoreStore")(args.store)  # a mistyped path fails now, not after importing matplotlib
+    return lib("premem.report:build_report")(args.store, args.out, args.tau)
+
+
+def train(cfg, args) -> list[str]:
+    """`premem train`: one run, or the sweep (cfg.sweep or --sweep); a line per run."""
+    dirs = lib("premem.train.api:sweep")(cfg, cfg.sweep) if args.sweep or cfg.sweep else [lib("premem.train.api:train")(cfg)]
+    infos = [(d, lib("premem.runs:read_run_info")(d) or {}) for d in dirs]
+    return [f"{i.get('run', d.name)}: {i.get('n_train')} examples, checkpoints at steps "
+            f"{', '.join(str(c['step']) for c in i.get('checkpoints', []))} -> {d}" for d, i in infos]
+
+
+def probes(store: str, runs: list[str] | None) -> str:
+    """The per-type table and squeezing verdict of the runs a store has probe scores for."""
+    return lib("premem.metrics.probes:report")(lib("premem.store:ScoreStore")(store).read("probe_scores"), runs)
+
+
+def done(s, what: str) -> str:
+    """The start of a score or track job's summary line."""
+    return (f"{s.run}: {len(s.checkpoints)} checkpoints (steps {', '.join(map(str, s.checkpoints))}); {s.tasks_run} "
+            f"{what}, {s.tasks_skipped} already done, {s.retries} retried; ")
+
+
+def strategies() -> str:
+    """Every selection strategy and what it does (--help of premem curate)."""
+    known, unavailable, describe = (lib(f"premem.curate.strategies:{n}") for n in ("STRATEGIES", "UNAVAILABLE", "describe"))
+    lines = [textwrap.fill(f"{n}: {describe(n)}", 100, subsequent_indent="  ") for n in known]
+    lines += [textwrap.fill(f"{n} (not available): {why}.", 100, subsequent_indent="  ") for n, why in unavailable.items()]
+    return "strategies:\n\n" + "\n\n".join(lines)
+
+
