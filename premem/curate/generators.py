@@ -39,7 +39,7 @@ from typing import Callable, Protocol
 from premem.data.arith import ArithConfig, generate, similar_problems
 from premem.data.grading import get_grader
 from premem.errors import InputError
-from premem.execution import BackendOptions, check_int, check_number
+from premem.execution import ExecConfig, check_int, check_number
 from premem.sampling.backend import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -69,17 +69,16 @@ class GeneratorConfig:
     near: int | None = None
     """arith: None, new numbers anywhere in range; k, the start and each operand within +-k of the template's."""
     model: str = ""
-    """llm: the model directory (safetensors; see BackendOptions for pickle and remote code)."""
-    backend: str = "hf"
-    """llm: hf (transformers) or vllm."""
+    """llm: the model directory (safetensors; exec.options says whether pickle or remote code may load)."""
     prompt: str = REWRITE_PROMPT
     """llm: the rewrite prompt, with {question} and {solution} of the template; the model continues it with
     the new question, then "Solution:" and the new solution."""
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(samples=1, temperature=0.8,
                                                                            max_new_tokens=256, stop=["\nNew problem:"]))
     """llm: how the new examples are sampled (one per template and attempt)."""
-    options: BackendOptions = field(default_factory=BackendOptions)
-    """llm: how the backend loads and runs the model."""
+    exec: ExecConfig = field(default_factory=ExecConfig)
+    """llm: how the model runs: exec.backend (hf or vllm) and exec.options, the same keys as every job's exec; it
+    runs in the loop's own process, one engine, so exec.actors, gpus_per_actor and address are not read."""
     attempts: int = 3
     """llm: times a template is asked again when its answer does not parse."""
     iid_mix: float = 0.0
@@ -101,6 +100,8 @@ class GeneratorConfig:
             check_int(prefix + "seed", self.seed, 0)
         if self.near is not None:
             check_int(prefix + "near", self.near, 0)
+        if self.kind == "llm":
+            self.exec.validate(prefix + "exec.")
 
 
 KINDS = ("arith", "python", "llm")
@@ -209,14 +210,14 @@ class LLMGenerator:
         from premem.runs import find_checkpoints
 
         self.cfg, self.grader = cfg, get_grader(grader)
-        self.checkpoint = find_checkpoints(cfg.model, allow_pickle=cfg.options.allow_pickle)[-1]
+        self.checkpoint = find_checkpoints(cfg.model, allow_pickle=cfg.exec.options.allow_pickle)[-1]
 
     def __call__(self, templates: list[dict], seed: int, avoid: set[str]) -> list[dict]:
         from premem.models import load_tokenizer
         from premem.sampling.engines import make_backend
 
-        tokenizer = load_tokenizer(self.checkpoint, self.cfg.options)
-        backend = make_backend(self.cfg.backend, self.checkpoint, self.cfg.options)
+        tokenizer = load_tokenizer(self.checkpoint, self.cfg.exec.options)
+        backend = make_backend(self.cfg.exec.backend, self.checkpoint, self.cfg.exec.options)
         params = SamplingParams(**{**self.cfg.sampling.__dict__, "samples": 1})
         out: list[dict | None] = [None] * len(templates)
         seen, rejected = set(avoid), 0

@@ -270,11 +270,13 @@ def test_loop_bad_settings_are_one_line_errors(tmp_path, capsys):
     ("generator.iid_mix=2", "generator.iid_mix: expected a share in [0, 1], got 2"),
     ("generator.seed=-1", "generator.seed: expected an integer >= 0, got -1"),
     ("generator.kind=gpt", "generator.kind: unknown generator 'gpt'; known: arith, python, llm"),
+    ("generator.kind=llm generator.exec.backend=nosuch", "generator.exec.backend: unknown backend 'nosuch'"),
+    ("generator.kind=llm generator.exec.options.dtype=int4", "generator.exec.options.dtype: expected one of"),
 ])
 def test_loop_settings_are_checked_before_anything_is_read_or_written(tmp_path, capsys, override, message):
     """A missing start data file proves the order: the settings fail first, and nothing is written."""
     args = ["curate", "loop", "--out", str(tmp_path / "out"), f"data={tmp_path / 'absent.jsonl'}",
-            f"model={tmp_path}", "sizes=[30]", override]
+            f"model={tmp_path}", "sizes=[30]", *override.split()]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
