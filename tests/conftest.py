@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +70,26 @@ def synthetic_store(tmp_path):
     store.write("train_scores", train)
     store.write("test_scores", test)
     return store
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """This process's local Ray, for a test module that runs actors: its own RAY_TMPDIR when this module
+    starts it, shut down (and the kept pool released) after; never `ray stop`, which ends every Ray here."""
+    import ray
+
+    from premem.execution import ray_init, release
+
+    if ray.is_initialized():
+        yield
+        release()
+        return
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp
+    ray_init(None)
+    yield
+    release()
+    ray.shutdown()
+    os.environ.pop("RAY_TMPDIR") if saved is None else os.environ.update(RAY_TMPDIR=saved)
+    shutil.rmtree(temp, ignore_errors=True)

@@ -32,24 +32,6 @@ from premem.execution.cluster import check_reachable
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """This process's local Ray (its own temp dir when this module starts it; shut down after)."""
-    if ray.is_initialized():
-        yield
-        release()
-        return
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = temp
-    ray_init(None)
-    yield
-    release()
-    ray.shutdown()
-    os.environ.pop("RAY_TMPDIR") if saved is None else os.environ.update(RAY_TMPDIR=saved)
-    shutil.rmtree(temp, ignore_errors=True)
-
-
 @pytest.fixture
 def fresh(local_ray):
     """No pool is live when the test starts, none after it."""

@@ -242,6 +242,8 @@ def sampled_wrong(rows: list[dict], base: Path, seed: int, samples: int = 8) -> 
     from premem.runs import find_checkpoints
     from premem.sampling.hf import HFBackend
 
+    # always transformers, in this process, whatever cfg.exec says: the pairs are the experiment's data, and must
+    # be the same whichever engine then tracks the runs (sampling differs across engines for one seed)
     backend = HFBackend(find_checkpoints(base)[-1], BackendOptions(threads=1, batch_size=64))
     try:
         template, grader = PaperTemplate(), get_grader("gsm8k")

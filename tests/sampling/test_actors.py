@@ -9,36 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 import ray
 
-from premem.execution import ExecConfig, pool, ray_init, release
+from premem.execution import ExecConfig, pool, release
 from premem.runs import Checkpoint
 from premem.sampling.actors import SamplerActor
 from premem.sampling.backend import BackendOptions, SamplingParams
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """This process's local Ray (its own temp dir when this module starts it; shut down after)."""
-    if ray.is_initialized():
-        yield
-        release()
-        return
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = temp
-    ray_init(None)
-    yield
-    release()
-    ray.shutdown()
-    os.environ.pop("RAY_TMPDIR") if saved is None else os.environ.update(RAY_TMPDIR=saved)
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 class ReportingActor(SamplerActor):
