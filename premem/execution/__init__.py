@@ -61,6 +61,9 @@ class BackendOptions:
     """Allow downloads from the Hugging Face hub (a LoRA base named by hub id, say); off: local files only."""
     cache_dir: str | None = None
     """Where merged LoRA / dequantized GGUF copies for vLLM are written (premem score: <store>/cache)."""
+    reuse_engine: bool = True
+    """Keep an actor's engine across checkpoints and runs of one architecture, weights reloaded in place (false:
+    a new engine per checkpoint)."""
 
     def validate(self, prefix: str = "options.") -> None:
         """Refuse settings no backend can run with (before any work starts, not inside an actor)."""
@@ -75,6 +78,8 @@ class BackendOptions:
         check_number(prefix + "gpu_memory_utilization", self.gpu_memory_utilization, lambda u: 0 < u <= 1,
                      "a number in (0, 1]")
         check_number(prefix + "kv_cache_gib", self.kv_cache_gib, lambda g: g > 0, "a number of GiB > 0")
+        if not isinstance(self.reuse_engine, bool):
+            raise InputError(f"{prefix}reuse_engine: expected true or false, got {self.reuse_engine!r}")
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # what options.dtype may name (checkpoints loads them)

@@ -9,6 +9,9 @@ A backend owns one loaded checkpoint and answers three questions about it:
                                                token at each target position and the sum of
                                                their log-probabilities (the probes' greedy y*)
 
+A backend is built on one checkpoint and can take others of the same architecture
+(`reload(checkpoint) -> bool`), so an engine's start-up is paid once per run, not per checkpoint.
+
 This protocol is everything callers use: they never ask which backend they hold or reach
 into one (the engines' registry is premem.sampling.engines).
 
@@ -107,6 +110,13 @@ class Backend(Protocol):
 
     def target_argmax(self, prompt_ids: list[list[int]], target_ids: list[list[int]]) -> list[TargetArgmax]:
         """Teacher forcing on [prompt; target] as target_logprobs does, read at the argmax of each target position."""
+        ...
+
+    def reload(self, checkpoint) -> bool:
+        """Load another checkpoint of the same architecture into the engine held, in place: True when done, and
+        the backend then gives exactly what a new one on that checkpoint gives; False, with nothing changed, when
+        it cannot (another architecture, config, tokenizer or dtype; an adapter or file kind it does not reload):
+        the caller closes it and builds a new one (premem.sampling.actors)."""
         ...
 
     def close(self) -> None:

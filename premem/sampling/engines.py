@@ -4,6 +4,12 @@ Apart from premem.sampling.backend (the protocol every engine implements), so th
 import the protocol and this registry imports the engines: no circle.
 
     backend = make_backend("hf", checkpoint, BackendOptions())
+    if not backend.reload(later):          # the same engine, later's weights; False: another architecture
+        backend.close()
+        backend = make_backend("hf", later, BackendOptions())
+
+Building an engine is what costs (a vLLM engine ~30 s on CPU), so callers keep one per actor and
+reload later checkpoints into it (premem.sampling.actors; options.reuse_engine=false opts out).
 """
 
 from __future__ import annotations

@@ -25,6 +25,12 @@ three properties `generate` does not give:
   not keep short ones computing.
 
 Greedy decoding (temperature 0) decodes each prompt once and repeats the answer k times.
+
+Reuse: `reload(checkpoint)` copies another checkpoint's safetensors into the model held, when
+`engine_identity` says the two checkpoints differ in their weights' values only (same config,
+generation config, tokenizer files, tensor names and shapes); the model is then exactly what a
+fresh load of that checkpoint gives (the same tensors, cast by the same copy), for the cost of
+reading the weights.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from __future__ import annotations
 import gc
 import hashlib
 import inspect
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -56,6 +64,7 @@ class HFBackend:
         self._caller_threads = torch.get_num_threads()  # given back by close()
         torch.set_num_threads(options.threads)
         self.options = options
+        self.identity = engine_identity(checkpoint)  # what a checkpoint must share with this one to be reloaded
         try:
             self.model, self.tokenizer = load_model_and_tokenizer(checkpoint, options)
         except BaseException:
@@ -68,6 +77,29 @@ class HFBackend:
         self.eos_ids = _eos_ids(self.model, tok)
         # ask the prefill for the last position's logits only, where the model supports it
         self._keep_last = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
+    @torch.no_grad()
+    def reload(self, checkpoint) -> bool:
+        """Copy checkpoint's weights into the model held: True when done; False (nothing changed) when they do
+        not fit it (another architecture, config or tokenizer; a LoRA adapter, GGUF or pickle weights)."""
+        if self.model is None or self.identity is None or engine_identity(checkpoint) != self.identity:
+            return False
+        layout = _safetensors_layout(checkpoint.path)
+        params = self.model.state_dict()  # detached views of the model's own tensors: copies land in the model
+        if set(layout) - set(params) or any(list(params[k].shape) != shape for k, (_, shape) in layout.items()):
+            return False
+        # every tensor of the model must come from the files, or share its storage with one that does (lm_head tied
+        # to the embeddings): a partial file would silently keep the old checkpoint's weights
+        loaded = {params[k].data_ptr() for k in layout}
+        if any(params[k].data_ptr() not in loaded for k in params if k not in layout):
+            return False
+        from safetensors import safe_open
+
+        for f in _safetensors_files(checkpoint.path):  # one tensor at a time: no second copy of the model in memory
+            with safe_open(str(f), framework="pt") as weights:
+                for name in weights.keys():
+                    params[name].copy_(weights.get_tensor(name))  # the same cast from the file's dtype as a load's
+        return True
 
     def close(self) -> None:
         """Drop the model, so its memory is free before the next checkpoint loads, and give the caller's
@@ -176,6 +208,63 @@ class HFBackend:
     def _completion(self, tokens: list[int], stop: list[str] | None) -> Completion:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return Completion(cut_at_stop(text, stop), len(tokens))
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt", "merges.txt")
+
+
+def engine_identity(checkpoint) -> str | None:
+    """What an engine loaded from checkpoint depends on besides its weights' values: a hash of its config and
+    generation config (architecture, sizes, dtype, eos ids), its tokenizer's files, and its tensors' names, dtypes
+    and shapes. Two checkpoints with the same identity differ in their weights' values only, so an engine holding
+    one can take the other's weights in place (both backends' reload). None: a checkpoint whose weights cannot be
+    swapped in (a LoRA adapter, a GGUF file, pickle weights, an unreadable file: a fresh load says what is wrong)."""
+    if checkpoint.kind != "full":
+        return None
+    try:
+        return _identity(checkpoint) if _safetensors_files(checkpoint.path) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _identity(checkpoint) -> str:
+    from premem.models import tokenizer_dir
+
+    h = hashlib.sha256()
+    for name in ("config.json", "generation_config.json"):
+        f = checkpoint.path / name
+        config = json.loads(f.read_text()) if f.is_file() else None
+        if isinstance(config, dict):  # what transformers writes that does not change the model
+            for key in ("transformers_version", "_name_or_path"):
+                config.pop(key, None)
+        h.update(json.dumps(config, sort_keys=True).encode() + b"\0")
+    tokenizer = tokenizer_dir(checkpoint)
+    for name in _TOKENIZER_FILES:
+        f = tokenizer / name if tokenizer else None
+        h.update(f.read_bytes() if f and f.is_file() else b"-")
+        h.update(b"\0")
+    # the tensors' names, dtypes and shapes (from the headers): a file missing one would leave the old one in place
+    h.update(json.dumps(sorted(_safetensors_layout(checkpoint.path).items())).encode())
+    return h.hexdigest()
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    """A model directory's safetensors weight files: the shards its index names, or model.safetensors."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return [path / "model.safetensors"] if (path / "model.safetensors").is_file() else []
+
+
+def _safetensors_layout(path: Path) -> dict[str, tuple[str, list[int]]]:
+    """name -> (dtype, shape) of every tensor in the directory's safetensors files, read from their headers."""
+    layout = {}
+    for f in _safetensors_files(path):
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        layout |= {k: (v["dtype"], v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    return layout
 
 
 def cut_at_stop(text: str, stop: list[str] | None) -> str:

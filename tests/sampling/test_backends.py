@@ -2,9 +2,10 @@
 
 transformers first, then vLLM against it: the same perplexities (1e-3 relative), the same
 greedy answers and teacher-forced argmax, the same probe-tracking rows, reproducible seeded
-sampling, stop strings cut. Both implement the whole Backend protocol. The vLLM engine starts once
-for the module (~30 s) and is shut down by the last test; the transformers reference results
-are computed before it starts, so the two never compete for the cores.
+sampling, stop strings cut. Both implement the whole Backend protocol. A checkpoint reloaded into a
+running backend gives bit for bit what a fresh one on it gives. The vLLM engine starts once for the
+module (~30 s; once more for the reload check) and is shut down by the last test; the transformers
+reference results are computed before it starts, so the two never compete for the cores.
 """
 
 from __future__ import annotations
@@ -49,6 +50,45 @@ def pairs(hf):
     targets = [tok(paper_target(r["answer"]), add_special_tokens=False)["input_ids"] for r in rows]
     assert all(p[0] == tok.bos_token_id for p in prompts)
     return prompts, targets
+
+
+@pytest.fixture(scope="module")
+def later(tiny_llama, tmp_path_factory):
+    """Another checkpoint of the tiny Llama: the same architecture, config and tokenizer, trained 20 steps more."""
+    import shutil
+
+    from premem.train.tiny import pretrain_briefly
+
+    path = tmp_path_factory.mktemp("later") / "llama"
+    shutil.copytree(tiny_llama.path, path)
+    texts = [json.loads(line)["question"] for line in shared("gsm8k", "train.jsonl").read_text().splitlines()[:200]]
+    pretrain_briefly(path, texts, steps=20, lr=3e-3, seed=1, threads=1)
+    return type(tiny_llama)(run="tiny", step=20, path=path, kind="full")
+
+
+@pytest.fixture(scope="module")
+def wider(tiny_llama, tmp_path_factory):
+    """A checkpoint of another architecture: the tiny Llama's files, but a wider MLP in its config and weights."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("wider")
+    config = AutoConfig.from_pretrained(tiny_llama.path, local_files_only=True)
+    config.intermediate_size += 8
+    AutoModelForCausalLM.from_config(config).save_pretrained(root / "model")
+    path = root / "llama"
+    shutil.copytree(tiny_llama.path, path)  # the same tokenizer and generation config
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(root / "model" / name, path / name)
+    return type(tiny_llama)(run="wider", step=0, path=path, kind="full")
+
+
+def outputs(backend, pairs) -> dict:
+    """Everything a backend gives on the test pairs: perplexities, seeded samples, greedy answers, y*."""
+    prompts, targets = pairs
+    return {"logprobs": backend.target_logprobs(prompts, targets), "samples": backend.generate(prompts, SAMPLE, SEEDS),
+            "greedy": backend.generate(prompts, GREEDY, SEEDS), "argmax": backend.target_argmax(prompts, targets)}
 
 
 def probe_task(checkpoint, pairs):
@@ -194,6 +234,40 @@ def test_hf_bad_inputs_are_input_errors(hf, pairs):
     assert nothing == [[Completion("", 0)] * 2] * 2
 
 
+def test_hf_reload_gives_what_a_fresh_load_gives(tiny_llama, later, pairs):
+    """The model held takes another checkpoint's weights in place; then, and back on the first, every output is
+    bit for bit a fresh load's."""
+    from premem.sampling.hf import engine_identity
+
+    assert engine_identity(later) == engine_identity(tiny_llama)
+    fresh_later = HFBackend(later, OPTIONS)
+    want = outputs(fresh_later, pairs)
+    fresh_later.close()
+    backend = HFBackend(tiny_llama, OPTIONS)
+    try:
+        first = outputs(backend, pairs)
+        assert first["logprobs"] != want["logprobs"] and first["samples"] != want["samples"]  # two different models
+        assert backend.reload(later)
+        assert outputs(backend, pairs) == want
+        assert backend.reload(tiny_llama)
+        assert outputs(backend, pairs) == first
+    finally:
+        backend.close()
+
+
+def test_hf_reload_refuses_what_does_not_fit(hf, tiny_llama, wider, pairs, hf_reference):
+    """Another architecture, a LoRA adapter, a GGUF file: False, and the model held is left as it was."""
+    from dataclasses import replace
+
+    from premem.sampling.hf import engine_identity
+
+    assert engine_identity(wider) not in (None, engine_identity(tiny_llama))
+    assert not hf.reload(wider)
+    assert not hf.reload(replace(tiny_llama, kind="lora", base_model=str(tiny_llama.path)))
+    assert engine_identity(replace(tiny_llama, kind="gguf", gguf_file="model.gguf")) is None
+    assert hf.target_logprobs(*pairs) == hf_reference["logprobs"]
+
+
 def test_tiny_model_is_deterministic(tmp_path):
     from premem.train.tiny import build_tiny_model
 
@@ -271,6 +345,26 @@ def test_vllm_seeded_sampling(vllm, pairs):
 @pytest.mark.slow
 def test_vllm_stop_strings(vllm, pairs):
     check_stop_strings(vllm, pairs[0])
+
+
+@pytest.mark.slow
+def test_vllm_reload_gives_what_a_fresh_engine_gives(vllm, tiny_llama, later, wider, pairs):
+    """Weights reloaded in the running engine (prefix cache reset): every output bit for bit a new engine's on that
+    checkpoint, and back on the first checkpoint the first's. Another architecture is refused, engine untouched."""
+    from premem.sampling.vllm_backend import VLLMBackend
+
+    first = outputs(vllm, pairs)
+    assert not vllm.reload(wider)
+    assert vllm.reload(later)
+    reloaded = outputs(vllm, pairs)
+    assert reloaded["logprobs"] != first["logprobs"] and reloaded["samples"] != first["samples"]
+    assert vllm.reload(tiny_llama)
+    assert outputs(vllm, pairs) == first  # the prefix cache held the later weights' blocks of the same prompts
+    fresh = VLLMBackend(later, OPTIONS, enforce_eager=True)
+    try:
+        assert outputs(fresh, pairs) == reloaded
+    finally:
+        fresh.close()
 
 
 @pytest.mark.slow
