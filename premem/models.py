@@ -9,7 +9,7 @@ adapter_config.json it came from.
 
     checkpoints = find_checkpoints("runs/r1")                  # premem.runs
     model, tokenizer = load_model_and_tokenizer(checkpoints[-1], BackendOptions())
-    model_dir = materialize(checkpoints[-1], cache_dir)        # a plain safetensors dir, for vLLM
+    model_dir = materialize(checkpoints[-1], cache_dir)        # a plain safetensors dir, for vLLM's fallback
     tokenizer = load_tokenizer(local_model("models/base"))    # a plain model directory
 """
 
@@ -199,7 +199,7 @@ def load_model(checkpoint: Checkpoint, options: BackendOptions, dtype: str | Non
         model = PeftModel.from_pretrained(base, str(checkpoint.path), **hub_kwargs(options))
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise InputError(f"{checkpoint.path}: cannot load the LoRA adapter on {checkpoint.base_model} ({e})") from None
-    return model.merge_and_unload()  # a plain model: faster to run, and the same one vLLM gets
+    return model.merge_and_unload()  # a plain model: faster to run (the HF backend scores adapters merged in memory)
 
 
 def _from_pretrained(cls, path, kwargs, what: str = "the model"):
@@ -252,6 +252,8 @@ def check_same_tokenizer(checkpoints: list[Checkpoint], tokenizers: list) -> Non
 def materialize(checkpoint: Checkpoint, cache_dir: str | Path, options: BackendOptions | None = None) -> Path:
     """A plain safetensors Hugging Face model directory holding the checkpoint's weights.
 
+    vLLM serves LoRA adapters on their base model without this (premem.sampling.vllm_lora); it
+    merges only an adapter vLLM refuses (modules_to_save, resized embeddings, ...), and GGUF files.
     full: its own directory. lora: the adapter merged into its base model; gguf: the model
     dequantized; both saved (with the tokenizer) once into cache_dir, under a name that
     changes when the source files do, and reused after. Written to a temporary directory

@@ -60,6 +60,7 @@ RUN_KEYS = (
     RunKey("beta", same_run=True),  # dpo only
     RunKey("ref_model"),  # dpo only: the reference model, as named
     RunKey("ref_model_path", same_run=True),  # ... resolved
+    RunKey("lora", same_run=True),  # LoRA runs only: {rank, alpha, dropout, target_modules} (absent: full finetuning)
     RunKey("lr", same_run=True, column=True),
     RunKey("epochs", same_run=True, column=True),
     RunKey("data_fraction", same_run=True, column=True),

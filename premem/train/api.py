@@ -6,6 +6,7 @@ method's trainer (premem.train.sft, premem.train.dpo), which saves checkpoints i
 Face layout every epoch or every N steps. The run directory (premem.runs) then holds
 
     <run_dir>/checkpoint-<step>/   config.json, model.safetensors, tokenizer files, trainer_state.json
+                                   (with lora: adapter_config.json + adapter_model.safetensors instead)
     <run_dir>/premem_run.json      what was trained (premem.runs.RUN_KEYS): run, model, lr, epochs,
                                    data_fraction, seed, batch_size, n_train, train_example_ids, checkpoints ...
 
@@ -105,6 +106,7 @@ def _record(cfg: TrainConfig, name: str, model_dir: Path, ref_dir: Path, data: E
         model_path=str(model_dir.resolve()),
         method=cfg.method,
         **(dpo if cfg.method == "dpo" else {}),
+        **({"lora": dataclasses.asdict(cfg.lora)} if cfg.lora else {}),
         lr=cfg.lr,
         epochs=cfg.epochs,
         data_fraction=cfg.data_fraction,

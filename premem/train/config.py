@@ -4,6 +4,12 @@
 
 check_config refuses a bad field in one line naming it, before anything is loaded; check_scheduler
 (which imports transformers) and check_model_dir (which reads the model directory) are apart.
+
+With `lora:` set, a run trains LoRA adapters (peft, through TRL's peft_config) instead of the whole
+model, and its checkpoints hold adapters (adapter_config.json + adapter_model.safetensors on the
+base model's absolute path), which `premem score` finds and serves as adapters:
+
+    lora: {rank: 16, alpha: 32, dropout: 0.0, target_modules: all-linear}
 """
 
 from __future__ import annotations
@@ -20,6 +26,22 @@ from premem.execution import check_int, check_number
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9._=+-]+$")
 METHODS = ("sft", "dpo")
+ALL_LINEAR = "all-linear"  # peft's name for every linear layer but the output layer
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters to train instead of the whole model (peft's LoraConfig, given to TRL's trainer)."""
+
+    rank: int = 16
+    """r: the rank of each adapter's update B @ A (vLLM serves ranks up to 512 as adapters; above, merged)."""
+    alpha: float = 32.0
+    """lora_alpha: the update is scaled by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on each adapted layer's input during training."""
+    target_modules: list[str] | str = ALL_LINEAR
+    """The layers adapted: "all-linear" (every linear layer but the output layer) or a list of module names
+    (e.g. [q_proj, v_proj]; a name matches a module whose name ends with it)."""
 
 
 @dataclass
@@ -101,6 +123,9 @@ class TrainConfig:
     """Allow loading .bin/.pt (pickle) weights; by default only safetensors are loaded."""
     progress: bool = True
     """Show a progress bar."""
+    lora: LoraConfig | None = None
+    """Train LoRA adapters (rank, alpha, dropout, target_modules) instead of the whole model; checkpoints then
+    hold adapters on the model, which premem score serves as adapters (none: full finetuning)."""
     sweep: SweepConfig | None = None
     """A grid of runs (premem train runs it when present, or with --sweep)."""
 
@@ -135,6 +160,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         workers=_number(cfg.workers, "workers", int, low=1),
         checkpoints=_number(cfg.checkpoints, "checkpoints", int, low=0),
         beta=_number(cfg.beta, "beta", float, low=0.0, low_open=True),
+        lora=check_lora(cfg.lora) if cfg.lora is not None else None,
     )
     if c.method == "dpo" and c.workers > 1:
         raise InputError(f"workers: method dpo trains in one process; set workers=1 (got {c.workers})")
@@ -148,6 +174,27 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
             f"{c.grad_accum} accumulation step(s); make batch_size a multiple of workers * grad_accum"
         )
     return c
+
+
+def check_lora(lora: LoraConfig) -> LoraConfig:
+    """The LoRA settings with numbers coerced; InputError names a bad one as lora.<field>."""
+    if not isinstance(lora, LoraConfig):
+        raise InputError(f"lora: expected the LoRA settings (rank, alpha, dropout, target_modules), got {lora!r}")
+    modules = lora.target_modules
+    if isinstance(modules, str):
+        if modules != ALL_LINEAR:
+            raise InputError(f"lora.target_modules: expected {ALL_LINEAR!r} or a list of module names, got {modules!r}")
+    elif not (isinstance(modules, list) and modules and all(isinstance(m, str) and m.strip() for m in modules)):
+        raise InputError(f"lora.target_modules: expected {ALL_LINEAR!r} or a non-empty list of module names, "
+                         f"got {modules!r}")
+    elif len(set(modules)) < len(modules):
+        raise InputError(f"lora.target_modules: {modules} names a module twice")
+    return dataclasses.replace(
+        lora,
+        rank=_number(lora.rank, "lora.rank", int, low=1),
+        alpha=_number(lora.alpha, "lora.alpha", float, low=0.0, low_open=True),
+        dropout=_number(lora.dropout, "lora.dropout", float, low=0.0, high=1.0, high_open=True),
+    )
 
 
 def check_scheduler(name: str) -> None:

@@ -15,6 +15,9 @@ reference model (ref_model; by default the starting model itself), with temperat
 The extend recipe (Ren & Sutherland; DESIGN.md §1) is two runs: SFT on both [x; y+] and
 [x; y−] (premem.data.arith.sft_both), then DPO from that run's last checkpoint, whose
 reference is then that same checkpoint.
+
+With cfg.lora, DPO trains LoRA adapters on the model; its default reference is then the model with
+the adapters switched off (the same weights, without a second copy in memory).
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from premem.train.config import TrainConfig
-from premem.train.trainer import add_callbacks, dataset_bars_off, load_model, load_tokenizer, training_args
+from premem.train.trainer import (
+    add_callbacks,
+    dataset_bars_off,
+    load_model,
+    load_tokenizer,
+    lora_errors,
+    peft_config,
+    training_args,
+)
 
 
 def build_dpo_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict]):
@@ -32,14 +43,15 @@ def build_dpo_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict]):
 
     tokenizer = load_tokenizer(cfg)
     model = load_model(cfg, cfg.model)
-    reference = load_model(cfg, cfg.ref_model or cfg.model)  # a second copy: TRL keeps it frozen
+    # a second copy, kept frozen by TRL; LoRA without ref_model: none (the adapters switched off are the model)
+    reference = None if cfg.lora is not None and not cfg.ref_model else load_model(cfg, cfg.ref_model or cfg.model)
     args, save_steps = training_args(
         cfg, run_dir, len(rows), 1, DPOConfig,
         beta=cfg.beta,
         loss_type=["sigmoid"],  # the DPO loss: -log sigmoid(beta * margin of the log-ratios)
         max_length=cfg.max_length,  # rows are length-checked already: nothing is truncated
     )
-    with dataset_bars_off():
+    with dataset_bars_off(), lora_errors(cfg):
         trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows),
-                             processing_class=tokenizer)
+                             processing_class=tokenizer, peft_config=peft_config(cfg))
     return add_callbacks(trainer, cfg, save_steps)

@@ -40,7 +40,32 @@ def load_model(cfg: TrainConfig, path: str | Path):
 
     if cfg.use_gpu and not torch.cuda.is_available():
         raise InputError("use_gpu: no CUDA device here")
-    return load_checkpoint_model(local_model(path), load_options(cfg), "float32")
+    # resolved: a LoRA checkpoint's adapter_config.json names this path as its base, read from anywhere later
+    return load_checkpoint_model(local_model(Path(path).resolve()), load_options(cfg), "float32")
+
+
+def peft_config(cfg: TrainConfig):
+    """peft's LoraConfig for TRL's trainer (None: full finetuning). Plain adapters only (no modules_to_save,
+    bias or DoRA): what vLLM serves as adapters without merging."""
+    if cfg.lora is None:
+        return None
+    from peft import LoraConfig
+
+    lora = cfg.lora
+    return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, bias="none", task_type="CAUSAL_LM")
+
+
+@contextlib.contextmanager
+def lora_errors(cfg: TrainConfig):
+    """peft's refusal of target modules the model lacks, as the one-line error naming the setting."""
+    try:
+        yield
+    except ValueError as e:
+        if cfg.lora is None or "target modules" not in str(e).lower():
+            raise
+        raise InputError(f"lora.target_modules: {cfg.lora.target_modules!r} does not fit {cfg.model} "
+                         f"({str(e).splitlines()[0]})") from None
 
 
 def training_args(cfg: TrainConfig, run_dir: Path, n_rows: int, world_size: int, config_class, **extra):
