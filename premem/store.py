@@ -14,6 +14,22 @@ Further tables, written by `premem score`, keep what regrading and resuming need
 
 Each table's columns and checks are in premem.tables.
 
+An unsampled pair (memorization-aware sampling, `premem score sample=exact|final`) keeps its
+train_scores row, so that every reader can tell it from a sampled one:
+
+    n_samples = 0, n_correct = 0, n_unparsed = 0    no samples (and no samples rows)
+    perplexity, n_target_tokens                      measured, as for every pair
+    skipped                                          why: "exact" or "final" (tables.SKIP_REASONS);
+                                                     "" (or null) on a sampled row
+    runs.sample, runs.sample_tau                     the run's mode and the tau the skips were decided
+                                                     at: a skip is exact for every tau >= sample_tau,
+                                                     and predict / curate refuse a lower one
+
+Its accuracy is undefined (NaN in premem.metrics); its PreMem_t is 0 when no earlier
+unmemorized checkpoint had accuracy > 0 (always so for "exact"), else undefined ("final"
+before the last checkpoint). Figures over accuracy say when they cover sampled pairs only.
+Test queries are always sampled.
+
 Reads validate, and a bad table fails with one line naming the file and the row.
 Writes go to a temporary file in the same directory and are renamed into place, so a reader
 never sees half a table and a killed writer leaves the old table intact. Appends are

@@ -4,6 +4,11 @@ DESIGN.md §3 fixes runs, train_scores and test_scores; samples and datasets are
 score's own (see premem.store), probe_scores premem probe track's. Every table has a key,
 the columns that identify a row; `validate` raises InputError with one line naming the
 file (or what was being written) and the first bad row.
+
+Memorization-aware sampling (premem score sample=exact|final) leaves some training pairs
+unsampled; how such a row is recorded is part of the contract (premem.store's docstring):
+train_scores.skipped names the reason (SKIP_REASONS), n_samples = n_correct = 0, and the
+run's row of runs.parquet records `sample` and `sample_tau`, the tau the skips were decided at.
 """
 
 from __future__ import annotations
@@ -66,6 +71,30 @@ TABLES: dict[str, TableSpec] = {
         reals=("sum_logprob", "mean_logprob"), strs=("run", "type"), nullable_strs=("text",),
     ),
 }
+
+
+# -- memorization-aware sampling: the pairs premem score does not sample ------------------------
+
+SAMPLE_MODES = ("exact", "final", "all")  # premem score's sample= (premem.sampling.skipping)
+SKIP_REASONS = {
+    "exact": "memorized at this checkpoint (log(log(ppl)) < sample_tau) and accuracy 0 at every earlier unmemorized "
+             "one: PreMem_t is 0 whatever acc_t is",
+    "final": "memorized at a checkpoint before the run's last (sample=final): the final PreMem never reads acc_t",
+}
+LOWEST_AUTO_TAU = -4.0
+"""The low end of premem predict's tau=auto grid (premem.metrics.predict.TAU_GRID starts here), and so the
+default sample_tau of premem score: every tau auto may choose is at or above it, where skipping stays exact."""
+
+
+def log_log_perplexity(perplexity) -> np.ndarray:
+    """log(log(ppl)); -inf where ppl <= 1 (a trace reproduced exactly is memorized).
+
+    u_t = [log(log(ppl_t)) >= tau] of DESIGN.md §1. Written once here, below both stages that read it: the
+    sampler decides a skip with it and the metrics recompute the same value from the stored perplexity."""
+    ppl = np.asarray(perplexity, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log(np.log(ppl))
+    return np.where(ppl > 1.0, out, -np.inf)
 
 
 def example_ids_sha256(ids) -> str:
@@ -142,6 +171,10 @@ def validate(table: str, df: pd.DataFrame, where: str) -> None:
         row = int(np.argmax(dup))
         key = ", ".join(f"{c}={_py(df[c].iloc[row])!r}" for c in spec.key)
         raise InputError(f"{where} row {row}: duplicate key ({key})")
+    if table == "train_scores" and "skipped" in df.columns:
+        _check_skipped(df, where)
+    if table == "runs":
+        _check_sample_settings(df, where)
     if table == "runs" and "train_example_ids" in df.columns:
         for row, ids in enumerate(df["train_example_ids"]):
             if ids is None or (isinstance(ids, float) and np.isnan(ids)):
@@ -149,6 +182,38 @@ def validate(table: str, df: pd.DataFrame, where: str) -> None:
             arr = np.asarray(ids)
             if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
                 raise InputError(f"{where} row {row}: train_example_ids must be a list of integers")
+
+
+def _check_skipped(df: pd.DataFrame, where: str) -> None:
+    """train_scores.skipped: null or "" for a sampled pair, else a reason of SKIP_REASONS with no samples."""
+    reason = df["skipped"].fillna("")
+    known = reason.isin(["", *SKIP_REASONS]).to_numpy()
+    if not known.all():
+        row = int(np.argmax(~known))
+        raise InputError(f"{where} row {row}: skipped must be empty or one of {', '.join(SKIP_REASONS)}, "
+                         f"got {_py(df['skipped'].iloc[row])!r}")
+    sampled = (reason.ne("") & df["n_samples"].ne(0)).to_numpy()
+    if sampled.any():
+        row = int(np.argmax(sampled))
+        raise InputError(f"{where} row {row}: skipped is {reason.iloc[row]!r} but n_samples is "
+                         f"{_py(df['n_samples'].iloc[row])} (an unsampled pair has n_samples = 0)")
+
+
+def _check_sample_settings(df: pd.DataFrame, where: str) -> None:
+    """runs.sample / runs.sample_tau (optional): how premem score chose the pairs it sampled."""
+    if "sample" in df.columns:
+        bad = ~df["sample"].isna().to_numpy() & ~df["sample"].isin(SAMPLE_MODES).to_numpy()
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise InputError(f"{where} row {row}: sample must be one of {', '.join(SAMPLE_MODES)}, "
+                             f"got {_py(df['sample'].iloc[row])!r}")
+    if "sample_tau" in df.columns:
+        values = pd.to_numeric(df["sample_tau"], errors="coerce").to_numpy(dtype=float)
+        bad = np.isinf(values) | (np.isnan(values) & df["sample_tau"].notna().to_numpy())
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise InputError(f"{where} row {row}: sample_tau must be a finite number, got "
+                             f"{_py(df['sample_tau'].iloc[row])!r}")
 
 
 def _not_str(col: pd.Series) -> np.ndarray:

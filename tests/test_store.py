@@ -325,3 +325,47 @@ def test_check_dataset_records_the_data_and_refuses_changed_data(tmp_path):
         f"(fingerprint {'a' * 12}… ≠ {'b' * 12}…); score into a new store"
     )
     assert len(store.read("datasets")) == 2
+
+
+def unsampled_train():
+    """synthetic train_scores with two pairs left unsampled as premem score records them (premem.store)."""
+    _, train, _ = synthetic_tables()
+    train = train.assign(skipped="")
+    train.loc[[2, 9], ["n_samples", "n_correct", "skipped"]] = [[0, 0, "exact"], [0, 0, "final"]]
+    return train
+
+
+def test_unsampled_pairs_roundtrip_with_their_reason(tmp_path):
+    store = ScoreStore(tmp_path / "s", create=True)
+    store.write("train_scores", unsampled_train())
+    back = store.read("train_scores")
+    assert back.loc[[2, 9], "skipped"].tolist() == ["exact", "final"] and (back.loc[[2, 9], "n_samples"] == 0).all()
+    assert (back.drop([2, 9])["skipped"] == "").all()
+    store.write("runs", pd.DataFrame({"run": ["run0"], "sample": ["exact"], "sample_tau": [-4.0]}))
+    assert store.read("runs")["sample_tau"].tolist() == [-4.0]
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda df: df.assign(skipped=df.skipped.where(df.index != 4, "lazy")), "row 4: skipped must be empty or one of"),
+        (lambda df: df.assign(n_samples=df.n_samples.where(df.index != 2, 5)),
+         "row 2: skipped is 'exact' but n_samples is 5"),
+    ],
+)
+def test_bad_unsampled_rows_are_rejected(tmp_path, corrupt, message):
+    with pytest.raises(InputError, match=message):
+        ScoreStore(tmp_path / "w", create=True).write("train_scores", corrupt(unsampled_train()))
+
+
+@pytest.mark.parametrize(
+    "runs, message",
+    [
+        ({"sample": ["most"]}, "row 0: sample must be one of exact, final, all"),
+        ({"sample": ["exact"], "sample_tau": [float("inf")]}, "row 0: sample_tau must be a finite number"),
+        ({"sample": ["exact"], "sample_tau": ["low"]}, "row 0: sample_tau must be a finite number"),
+    ],
+)
+def test_bad_sampling_settings_of_a_run_are_rejected(tmp_path, runs, message):
+    with pytest.raises(InputError, match=message):
+        ScoreStore(tmp_path / "w", create=True).write("runs", pd.DataFrame({"run": ["r"], **runs}))

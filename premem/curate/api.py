@@ -122,6 +122,8 @@ def curate(cfg: CurateConfig) -> CurateResult:
     if strategy.uses_tau and tau == "auto":
         tau = _auto_tau(store, train, runs_table)
     inp = CurationInput(data, train, runs_table, runs, tau if strategy.uses_tau else None)
+    if strategy.uses_tau:  # unsampled pairs (premem score sample=exact|final) are exact only from their sample_tau
+        inp.curves().check_tau(tau)
     n = len(inp.ids)
     if n < len(data.examples):
         log.warning("%d of the %d examples of %s have no scores from the chosen runs; they are not candidates",

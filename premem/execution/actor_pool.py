@@ -206,6 +206,9 @@ def run_tasks(
     that dies mid-task (killed, out of memory, node lost) is restarted by Ray; its task goes back to the front
     of the queue. Returns the number of task attempts retried so. A task that raises, or whose actor dies on
     it more than max_attempts times, ends the run with TaskFailed.
+
+    on_result may return more tasks (ones that needed this result: premem score's step order per shard);
+    they join the queue, and actors that found nothing to do are woken for them.
     """
     pending: dict[Hashable, deque] = {}
     for t in tasks:
@@ -229,12 +232,15 @@ def run_tasks(
         return pending[chosen].popleft()
 
     idle = list(range(len(actors)))
+    parked: list[int] = []  # actors that found nothing to do: woken when on_result adds tasks
     while idle or inflight:
         while idle:
             i = idle.pop()
             task = next_task(i)
             if task is not None:
                 inflight[actors[i].run.remote(task)] = (i, task)
+            else:
+                parked.append(i)
         if not inflight:
             break
         done, _ = ray.wait(list(inflight), num_returns=1)
@@ -260,6 +266,11 @@ def run_tasks(
             hint = "" if verbose() else " (premem -v shows the actor's output and traceback)"
             raise TaskFailed(f"{task.where}: {_cause(e)}{hint}") from None
         else:
-            on_result(result)
+            more = list(on_result(result) or ())
+            for t in more:
+                pending.setdefault(t.affinity, deque()).append(t)
+            if more:
+                idle.extend(parked)
+                parked.clear()
         idle.append(i)
     return retries

@@ -24,6 +24,11 @@ same store prints the same numbers whichever verb reads it. `resolve_tau` is tha
 R² is reported as NaN (printed "undefined", null in JSON) where it means nothing: test
 accuracy that is the same at every point leaves no variance to explain, and a line through
 two points fits them exactly whatever they are.
+
+A store scored with memorization-aware sampling (premem score sample=exact|final) has
+unsampled pairs: a tau below its recorded sample_tau is refused, tau=auto searches the grid
+at or above it, and `notes` (printed under the table) say which figures cover sampled pairs
+only: train accuracy whenever a pair was skipped, premem where sample=final left it undefined.
 """
 
 from __future__ import annotations
@@ -40,10 +45,12 @@ from sklearn.metrics import mean_absolute_error, r2_score
 from premem.errors import InputError
 from premem.metrics.premem import FEATURES, PAPER_TAU, TrainingCurves
 from premem.store import ScoreStore
+from premem.tables import LOWEST_AUTO_TAU
 
 log = logging.getLogger(__name__)
 
-TAU_GRID = tuple(np.round(np.arange(-4.0, -0.45, 0.1), 2))  # log(log(ppl)) from ppl 1.018 to 1.82
+# log(log(ppl)) from ppl 1.018 to 1.82; its low end is premem score's default sample_tau (premem.tables)
+TAU_GRID = tuple(np.round(np.arange(LOWEST_AUTO_TAU, -0.45, 0.1), 2))
 AUTO_MIN_RUNS = 3  # nested leave-one-run-out: each held-out run's tau is chosen on >= 2 others
 # tau_mode -> how the printed header says tau was set
 TAU_MODES = {
@@ -99,6 +106,7 @@ class Prediction:
     tau_per_run: dict[str, float] = field(default_factory=dict)  # auto only: tau used for each held-out run
     dropped_test_runs: list[str] = field(default_factory=list)  # test-score runs with no train scores: left out
     r2_note: str = ""  # why R² is undefined, where it is
+    notes: list[str] = field(default_factory=list)  # figures computed on sampled pairs only (sampling_notes)
 
     @property
     def tau_how(self) -> str:
@@ -122,6 +130,7 @@ class Prediction:
             "baselines": {k: {f: _json_number(v) for f, v in asdict(b).items()} for k, b in self.baselines.items()},
             "tau_per_run": self.tau_per_run,
             "dropped_test_runs": self.dropped_test_runs,
+            "notes": self.notes,
             "points": pts.to_dict(orient="records"),
         }
 
@@ -211,6 +220,15 @@ def predict(curves: TrainingCurves | ScoreStore | str | Path, tau: float | str |
     if auto and n_runs < AUTO_MIN_RUNS:
         raise InputError(f"tau=auto needs test scores for at least {AUTO_MIN_RUNS} runs (the store has {n_runs}); "
                          "give tau a number")
+    if auto and curves.min_tau is not None:  # skips are exact only at or above the recorded sample_tau
+        grid = tuple(t for t in grid if t >= curves.min_tau - 1e-12)
+        if not grid:
+            raise InputError(f"tau=auto: every tau of the grid is below {curves.min_tau:g}, the sample_tau this "
+                             "store's unsampled pairs were skipped at; give tau a number at or above it")
+        log.info("tau=auto searches %g..%g: the store's pairs were skipped at sample_tau %g", grid[0], grid[-1],
+                 curves.min_tau)
+    elif not auto:
+        curves.check_tau(tau)
     taus = list(grid) if auto else [tau]
     points_by_tau = {t: curves.points(t) for t in taus}
     any_points = points_by_tau[taus[0]]
@@ -257,8 +275,24 @@ def predict(curves: TrainingCurves | ScoreStore | str | Path, tau: float | str |
         tau_per_run=tau_per_run,
         dropped_test_runs=list(curves.dropped_test_runs),
         r2_note=_r2_note(y),
+        notes=sampling_notes(points[scored], curves),
         **asdict(main),
     )
+
+
+def sampling_notes(points: pd.DataFrame, curves: TrainingCurves) -> list[str]:
+    """What the figures of these points cover when the store has unsampled pairs (premem.store)."""
+    if not curves.n_unsampled:
+        return []
+    pairs = int(points["n_examples"].sum())
+    notes = [f"train accuracy computed on sampled pairs only: {int(points['n_unsampled'].sum())} of the {pairs} "
+             f"(example, checkpoint) pairs were not sampled (sample_tau {curves.min_tau:g})"]
+    partial = points[points["n_premem_undefined"] > 0]
+    if len(partial):
+        notes.append(f"pre-memorization accuracy computed on sampled pairs only at {len(partial)} of "
+                     f"{len(points)} checkpoints ({int(partial['n_premem_undefined'].sum())} pairs undefined: "
+                     "sample=final skips memorized pairs before the last checkpoint)")
+    return notes
 
 
 def _r2_note(y: np.ndarray) -> str:
@@ -288,6 +322,7 @@ def fit_table(pred: Prediction) -> str:
     lines += [f"{label:<34} {r2(a):>{w1}} {r2(b):>{w2}} {mae:>7.3f} {mael:>9.3f}" for label, a, b, mae, mael in rows]
     if pred.r2_note:
         lines.append(pred.r2_note)
+    lines += [f"note: {n}" for n in pred.notes]
     if pred.dropped_test_runs:
         lines.append(f"left out: test scores of {', '.join(pred.dropped_test_runs)} (no run with train scores)")
     return "\n".join(lines)

@@ -10,6 +10,9 @@ With probe_scores (premem probe track) a "Learning dynamics (probes)" section fo
 response type's mean summed log π(y|x) by checkpoint and the squeezing verdict (premem.report.probes).
 A store with probe_scores and no train scores gets a page of that section alone.
 
+A store with unsampled pairs (premem score sample=exact|final) says so among its facts, and
+every figure over train accuracy says it is computed on sampled pairs only.
+
 Test scores are optional: without them (or with them for fewer than 2 runs, too few to fit
 a line across runs) the prediction parts say why they are missing and the rest still draws.
 """
@@ -98,13 +101,15 @@ def render(store, runs_table, curves, points, pred, tau_asked, tau, note, probes
     last = per_ex.groupby("run")["step"].transform("max")
     final = per_ex[per_ex["step"] == last]
     has_test = points["test_acc"].notna().any()
+    only = sampled_only(curves)
 
     sections = [summary(store, curves, points, pred, tau_asked, tau, note, runs, labels)]
     sections.append(section(
         "Accuracy over training",
         figure(plots.accuracy_curves(points, runs, labels),
                "Per run and checkpoint: mean pre-memorization train accuracy, mean train accuracy"
-               + (", and test accuracy." if has_test else ". No test scores in this store: test accuracy not shown.")),
+               + (", and test accuracy." if has_test else ". No test scores in this store: test accuracy not shown.")
+               + only),
     ))
     if pred:
         body = figure(plots.scatter_figure(pred, runs, labels),
@@ -116,7 +121,7 @@ def render(store, runs_table, curves, points, pred, tau_asked, tau, note, probes
         "Per-example pre-memorization accuracy",
         figure(plots.premem_histograms(final, runs, labels),
                "Distribution over each run's training examples at its last checkpoint; "
-               "the orange outline is plain train accuracy on the same examples."),
+               "the orange outline is plain train accuracy on the same examples." + only),
     ))
     sections.append(section(
         "Memorization over training",
@@ -160,6 +165,10 @@ def summary(store, curves, points, pred, tau_asked, tau, note, runs, labels) -> 
         ("train examples", f"{curves.frame['example_id'].nunique()}"),
         ("tau", tau_html(pred, tau_asked, tau)),
     ]
+    if curves.n_unsampled:
+        facts.append(("sampled pairs", f"{len(curves.frame) - curves.n_unsampled} of {len(curves.frame)} (example, "
+                      f"checkpoint) pairs; the rest were skipped by memorization-aware sampling (sample_tau "
+                      f"{curves.min_tau:g}), so train accuracy is computed on sampled pairs only"))
     shortened = [r for r in runs if labels[r] != r]
     if shortened:
         facts.append(("run names", "figures drop the words every run name shares; the runs table has the full names"))
@@ -173,7 +182,8 @@ def summary(store, curves, points, pred, tau_asked, tau, note, runs, labels) -> 
         f"<tr><td>{escape(FEATURES[name])}{' (this method)' * (name == 'premem')}</td>"
         + "".join(f'<td class="num">{"undefined" if math.isnan(v) else f"{v:.3f}"}</td>' for v in vals) + "</tr>"
         for name, *vals in table
-    ) + (f'<tr><td colspan="5" class="note">{escape(pred.r2_note)}</td></tr>' if pred.r2_note else "")
+    ) + (f'<tr><td colspan="5" class="note">{escape(pred.r2_note)}</td></tr>' if pred.r2_note else "") + "".join(
+        f'<tr><td colspan="5" class="note">{escape(n)}</td></tr>' for n in pred.notes)
     return out + (
         "<h2>Predicting test accuracy</h2>\n"
         f"<p>{pred.n_points} checkpoints of {pred.n_runs} runs with test scores; "
@@ -183,6 +193,14 @@ def summary(store, curves, points, pred, tau_asked, tau, note, runs, labels) -> 
         '<table class="grid"><tr><th>predictor</th><th>R²</th><th>LORO R²</th><th>MAE</th><th>LORO MAE</th></tr>'
         f"{body}</table>"
     )
+
+
+def sampled_only(curves: TrainingCurves) -> str:
+    """A caption's words when the store has unsampled pairs: what the accuracy figures cover."""
+    if not curves.n_unsampled:
+        return ""
+    return (f" Train accuracy is computed on sampled pairs only ({curves.n_unsampled} of {len(curves.frame)} "
+            "pairs were skipped by memorization-aware sampling).")
 
 
 def tau_html(pred, tau_asked, tau) -> str:

@@ -9,6 +9,10 @@ Resuming is by construction: every finished task is written as its own part of t
 seed is derived from (seed, step, split, example id) alone, so a task re-run after a crash
 gives exactly the rows it would have given; the final tables equal an uninterrupted run's.
 
+Memorization-aware sampling (`sample`, premem.sampling.skipping): a training pair whose
+accuracy the pre-memorization formula never reads is not sampled, only its perplexity measured;
+a shard's train tasks then run in step order, each released when the one before it is written.
+
 Everything that can be wrong with the input is checked before anything is written or the
 first actor starts: every setting (ScoreConfig.validate), no checkpoints, a checkpoint whose
 tokenizer differs, a prompt longer than the model's context, data whose ids changed since the
@@ -27,13 +31,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from premem.data import DataConfig, Example, ExampleSet, get_grader, get_template, load_example_set
+from premem.data import DataConfig, get_grader, get_template, load_example_set
 from premem.errors import InputError
 from premem.execution import ExecConfig
 from premem.files import check_output
-from premem.models import check_same_tokenizer, load_config, load_tokenizer
+from premem.models import load_config
 from premem.runs import RUN_COLUMNS, RUN_INFO, Checkpoint, find_checkpoints, read_run_info
-from premem.sampling.backend import BackendOptions, SamplingParams, check_int
+from premem.sampling.backend import SamplingParams, check_int, check_number
+from premem.sampling.encoding import Encoded, check_tokenizers, context_length, encode  # noqa: F401
+from premem.sampling.skipping import LOWEST_AUTO_TAU, SAMPLE_MODES, Chains, plan_skipping, records_sampling
 from premem.store import ScoreStore
 
 log = logging.getLogger(__name__)
@@ -70,6 +76,13 @@ class ScoreConfig:
     """Which extraction counts a sample correct in n_correct: strict (#### / \\boxed) or flexible."""
     shard_size: int = 64
     """Examples per task; a killed job loses at most one task per actor."""
+    sample: str = "exact"
+    """Which training pairs to sample: exact (skip a pair whose pre-memorization accuracy is 0 whatever it
+    samples: PreMem at every checkpoint as if all were sampled), final (also skip memorized pairs before the
+    last checkpoint: the final per-example PreMem exact), or all (every pair: train accuracy needs it)."""
+    sample_tau: float | None = None
+    """The lowest tau you will analyse with (memorized: log(log(ppl)) < tau): skips are exact at it and any
+    higher tau, and predict / curate refuse a lower one (default: the low end of the tau=auto grid, -4)."""
     exec: ExecConfig = field(default_factory=ExecConfig)
     """How the work runs: backend, its options, Ray actors and cluster, progress bar."""
 
@@ -86,12 +99,23 @@ class ScoreConfig:
         if self.train_examples == "none" and not self.has_test:
             raise InputError("train_examples=none scores test queries only: say which test data (--test)")
         check_int("shard_size", self.shard_size, 1)
+        if self.sample not in SAMPLE_MODES:
+            raise InputError(f"sample: expected exact, final or all, got {self.sample!r}")
+        if self.sample_tau is not None:
+            check_number("sample_tau", self.sample_tau, lambda t: True, "a number")
         self.sampling.validate()
         self.exec.validate()
 
     @property
     def has_test(self) -> bool:
         return self.test is not None and bool(self.test.path)
+
+    @property
+    def skip_tau(self) -> float | None:
+        """The tau skips are decided at; None when every pair is sampled."""
+        if self.sample == "all":
+            return None
+        return LOWEST_AUTO_TAU if self.sample_tau is None else float(self.sample_tau)
 
 
 def check_store_path(store: str) -> None:
@@ -112,6 +136,8 @@ class ScoreSummary:
     retries: int
     generated_tokens: int
     seconds: float
+    pairs_skipped: int = 0  # training pairs not sampled (sample=exact|final), this job
+    pairs_sampled: int = 0  # pairs (train and test) sampled, this job
 
 
 def query_seed(seed: int, step: int, split: str, example_id: int) -> int:
@@ -155,6 +181,7 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     tasks = [replace(t, cache_dir=cache_dir) for c in checkpoints for split in data
              for t in make_tasks(c, split, encoded[split], params, cfg.shard_size)]
     todo = [t for t in tasks if not task_done(t, scored)]
+    chains = plan_skipping(cfg, existing, run, checkpoints, todo)
     log.info("%s: %d checkpoints, %d tasks, %d already done", run, len(checkpoints), len(tasks), len(tasks) - len(todo))
 
     actors = nullcontext([])
@@ -165,43 +192,52 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
         args = (cfg.exec.backend, replace(options, cache_dir=None), params)
         actors = pool(cfg.exec, SamplerActor, args, n=min(cfg.exec.actors, len(todo)))
     with actors as started:  # the process's live actors, or new ones, or refused by the cluster: before any write
-        return write_scores(cfg, run, meta, checkpoints, data, tasks, todo, started)
+        return write_scores(cfg, run, meta, checkpoints, data, tasks, todo, started, chains)
 
 
-def write_scores(cfg: ScoreConfig, run: str, meta: dict, checkpoints, data, tasks, todo, actors) -> ScoreSummary:
+def write_scores(cfg: ScoreConfig, run: str, meta: dict, checkpoints, data, tasks, todo, actors,
+                 chains: Chains | None = None) -> ScoreSummary:
     """The writing half of score(): record the run and its data, run the tasks, compact the tables."""
     store = ScoreStore(cfg.store, create=True)
     for split, ds in data.items():
         store.check_dataset(split, ds)
-    store.append("runs", run_row(run, cfg, meta))
+    # a row recorded before premem recorded sampling settings gets them: this job's skips need its sample_tau
+    store.append("runs", run_row(run, cfg, meta), replace=not records_sampling(store, run))
 
     start = time.perf_counter()
     tokens = 0
+    counts = {"skipped": 0, "sampled": 0}
     graders = {split: get_grader(ds.grader) for split, ds in data.items()}
     answers = {split: {ex.example_id: ex.answer for ex in ds.examples} for split, ds in data.items()}
     bar = tqdm(total=len(todo), desc=f"scoring {run}", unit="shard", disable=not cfg.exec.progress)
 
-    def on_result(result) -> None:
+    def on_result(result) -> list:
         nonlocal tokens
         split = result.task.split
         samples, scores = result_tables(result, graders[split], answers[split], cfg.count)
         store.write_part("samples", result.task.part, samples)  # first: the scores part marks the task done
         store.write_part(score_table(split), result.task.part, scores)
         tokens += int(samples["n_tokens"].sum())
+        unsampled = int(scores["n_samples"].eq(0).sum())
+        counts["skipped"] += unsampled
+        counts["sampled"] += len(scores) - unsampled
         bar.update(1)
         bar.set_postfix(step=result.task.checkpoint.step, tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+        # the next checkpoint of this shard, now that its M_{t-1} is known
+        return chains.done(result.task, scores) if chains is not None and split == "train" else []
 
     retries = 0
     if todo:
         from premem.execution import run_tasks
 
-        retries = run_tasks(actors, todo, on_result)
+        first = todo if chains is None else [t for t in todo if t.split != "train"] + chains.first()
+        retries = run_tasks(actors, first, on_result)
     bar.close()
     for table in ("samples", "train_scores", "test_scores"):
         store.compact(table)
     return ScoreSummary(
         run, [c.step for c in checkpoints], len(tasks), len(todo), len(tasks) - len(todo), retries, tokens,
-        time.perf_counter() - start,
+        time.perf_counter() - start, counts["skipped"], counts["sampled"],
     )
 
 
@@ -229,7 +265,8 @@ def run_metadata(run_dir: str | Path) -> dict:
 
 def run_row(run: str, cfg: ScoreConfig, meta: dict) -> pd.DataFrame:
     """The run's row of runs.parquet: where it is, how it was scored, and how it was trained."""
-    row = {"run": run, "path": str(Path(cfg.run).resolve()), "backend": cfg.exec.backend}
+    row = {"run": run, "path": str(Path(cfg.run).resolve()), "backend": cfg.exec.backend,
+           "sample": cfg.sample, "sample_tau": cfg.skip_tau}  # the tau skips are exact from (premem.store)
     row |= {k: meta[k] for k in RUN_COLUMNS if meta.get(k) is not None}
     if meta.get("train_example_ids") is not None:
         row["train_example_ids"] = [int(i) for i in meta["train_example_ids"]]
@@ -275,49 +312,6 @@ def task_done(task, scored: dict[str, set]) -> bool:
 # -- preparing the work ----------------------------------------------------------------------
 
 
-def check_tokenizers(checkpoints: list[Checkpoint], options: BackendOptions):
-    """Every checkpoint must tokenize alike: the scores of a run are compared across them."""
-    tokenizers = [load_tokenizer(c, options) for c in checkpoints]
-    check_same_tokenizer(checkpoints, tokenizers)
-    return tokenizers[0]
-
-
-def context_length(config) -> int:
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        if getattr(config, name, None):
-            return int(getattr(config, name))
-    raise InputError(f"{config.name_or_path}: cannot tell the model's context length from its config")
-
-
-@dataclass
-class Encoded:
-    examples: list[Example]
-    prompt_ids: list[list[int]]
-    target_ids: list[list[int]] | None
-    max_new_tokens: list[int]
-
-
-def encode(ds: ExampleSet, template, tokenizer, context: int, params: SamplingParams, split: str) -> Encoded:
-    """Tokenize prompts (with special tokens) and targets (without), and check they fit."""
-    chat = getattr(template, "tokenizer", None) is not None  # chat prompts carry their own special tokens
-    prompts, targets, caps = [], [], []
-    for ex in ds.examples:
-        r = template.render(ex)
-        p = tokenizer(r.prompt, add_special_tokens=not chat)["input_ids"]
-        t = tokenizer(r.target, add_special_tokens=False)["input_ids"]
-        need = len(p) + (len(t) if split == "train" else 1)
-        if need > context:
-            what = "prompt and gold target" if split == "train" else "prompt"
-            raise InputError(
-                f"{ds.path} example {ex.example_id}: {what} take {need} tokens, more than the model's context "
-                f"of {context}; shorten it or drop the example"
-            )
-        prompts.append(p)
-        targets.append(t)
-        caps.append(max(1, min(params.max_new_tokens, context - len(p))))
-    return Encoded(ds.examples, prompts, targets if split == "train" else None, caps)
-
-
 def make_tasks(c: Checkpoint, split: str, enc: Encoded, params: SamplingParams, shard_size: int):
     from premem.sampling.actors import Task
 
@@ -353,17 +347,29 @@ def result_tables(result, grader, answers: dict[int, str], count: str) -> tuple[
                          g.strict_answer, g.flexible_answer, g.strict_correct, g.flexible_correct))
     samples = pd.DataFrame(rows, columns=["run", "step", "split", "example_id", "sample", "text", "n_tokens", "gold",
                                           "answer_strict", "answer_flexible", "correct_strict", "correct_flexible"])
-    return samples, scores_from_samples(samples, count, result.targets, t.example_ids)
+    skipped = t.skip.reasons([tl.perplexity for tl in result.targets]) if t.skip is not None else None
+    return samples, scores_from_samples(samples, count, result.targets, t.example_ids, skipped,
+                                        (t.checkpoint.run, t.checkpoint.step))
 
 
-def scores_from_samples(samples: pd.DataFrame, count: str, targets=None, example_ids=None) -> pd.DataFrame:
-    """Aggregate sample rows into score rows: n_samples, n_correct, n_unparsed (+ perplexity)."""
+def scores_from_samples(samples: pd.DataFrame, count: str, targets=None, example_ids=None, skipped=None,
+                        where: tuple[str, int] | None = None) -> pd.DataFrame:
+    """Aggregate sample rows into score rows: n_samples, n_correct, n_unparsed (+ perplexity). A pair whose
+    `skipped` names a reason (a train task with a SkipRule, at `where` = (run, step)) gets a row with no
+    samples and that reason, the others skipped = "" (premem.store)."""
     answer = samples[f"answer_{count}"]
     scores = (
         samples.assign(correct=samples[f"correct_{count}"].astype(int), unparsed=answer.isna().astype(int))
         .groupby(["run", "step", "example_id"], as_index=False, sort=True)
         .agg(n_samples=("sample", "size"), n_correct=("correct", "sum"), n_unparsed=("unparsed", "sum"))
     )
+    if skipped is not None:
+        ids = [e for e, r in zip(example_ids, skipped) if r]
+        none = pd.DataFrame({"run": where[0], "step": where[1], "example_id": ids, "n_samples": 0, "n_correct": 0,
+                             "n_unparsed": 0, "skipped": [r for r in skipped if r]})
+        scores = pd.concat([scores.assign(skipped=""), none] if len(scores) else [none], ignore_index=True)
+        scores = scores.astype({c: "int64" for c in ("step", "example_id", "n_samples", "n_correct", "n_unparsed")})
+        scores = scores.sort_values("example_id", ignore_index=True)
     if targets is not None:
         ppl = {e: (tl.perplexity, tl.n_tokens) for e, tl in zip(example_ids, targets)}
         scores["perplexity"] = scores["example_id"].map(lambda e: ppl[e][0])

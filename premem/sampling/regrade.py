@@ -50,6 +50,9 @@ def regrade(store: ScoreStore, grader: str | None = None, count: str = "strict")
         old = store.read(table)
         keep = [c for c in old.columns if c not in ("n_samples", "n_correct", "n_unparsed")]
         merged = old[keep].merge(scores, on=["run", "step", "example_id"], how="left", validate="one_to_one")
+        # a pair memorization-aware sampling skipped has no samples, on purpose (premem.store): it stays so
+        if "skipped" in merged.columns:
+            merged.loc[merged["skipped"].fillna("").ne(""), ["n_samples", "n_correct", "n_unparsed"]] = 0
         missing = merged["n_samples"].isna()
         if missing.any():
             row = merged[missing].iloc[0]

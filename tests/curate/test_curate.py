@@ -250,3 +250,18 @@ def test_the_callers_config_is_left_as_it_was(small):
     given = cfg(small, out="")  # data as a path: curate reads it as a DataConfig of its own
     result = curate(given)
     assert given.data == str(small["data"]) and result.manifest["data"]["path"] == str(small["data"])
+
+
+def test_a_tau_below_the_stores_sample_tau_is_refused_before_anything_is_written(small):
+    from tests.metrics.test_premem import skipped_as_premem_score_would
+
+    store = ScoreStore(small["store"])
+    train, runs = skipped_as_premem_score_would(store.read("train_scores"), store.read("runs"))
+    store.write("train_scores", train)
+    store.write("runs", runs)
+    out = small["root"] / "out"
+    with pytest.raises(InputError, match=r"^tau -3.5: below -3, the sample_tau"):
+        curate(CurateConfig(store=str(store.root), data=DataConfig(path=str(small["data"])), tau=-3.5, out=str(out)))
+    assert not out.exists()
+    ok = curate(CurateConfig(store=str(store.root), data=DataConfig(path=str(small["data"])), tau=-2.3, budget=5))
+    assert ok.selection.scores["score"].notna().all()  # the final PreMem of every example is defined

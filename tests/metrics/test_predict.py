@@ -214,3 +214,20 @@ def test_test_scores_at_a_checkpoint_without_train_scores_are_named(caplog):
     assert "1 checkpoint(s) have test scores but no train scores and are left out (first: run 'run1' step 30)" \
         in caplog.text
     assert pred.n_points == 8 and pred.dropped_test_runs == []
+
+
+def test_a_store_with_unsampled_pairs_fits_the_same_premem_and_says_what_covers_sampled_pairs_only(tmp_path):
+    from tests.metrics.test_premem import SAMPLE_TAU, skipped_as_premem_score_would
+
+    runs, train, test = synthetic_tables(n_steps=5)
+    full = predict(TrainingCurves.from_tables(train, runs, test), -2.5)
+    part_train, part_runs = skipped_as_premem_score_would(train, runs)
+    curves = TrainingCurves.from_tables(part_train, part_runs, test)
+    pred = predict(curves, -2.5)
+    assert (pred.r2, pred.r2_loro, pred.slope) == (full.r2, full.r2_loro, full.slope)  # premem: exact
+    assert not full.notes and pred.notes[0].startswith("train accuracy computed on sampled pairs only: ")
+    assert f"note: {pred.notes[0]}" in fit_table(pred) and pred.to_dict()["notes"] == pred.notes
+    with pytest.raises(InputError, match=r"^tau -3.2: below -3, the sample_tau"):
+        predict(curves, -3.2)
+    auto = predict(curves, "auto")  # the grid is searched at or above the recorded sample_tau only
+    assert auto.tau >= SAMPLE_TAU and min(auto.tau_per_run.values()) >= SAMPLE_TAU

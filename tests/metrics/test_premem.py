@@ -110,3 +110,77 @@ def test_unsampled_test_rows_are_refused_not_averaged_around(synthetic_store):
     test.loc[3, ["n_samples", "n_correct"]] = 0
     with pytest.raises(InputError, match="test_scores: run 'run0' step 10 example 3 has n_samples = 0"):
         TrainingCurves.from_tables(train, runs, test)
+
+
+# -- pairs premem score left unsampled (sample=exact|final, premem.store) ------------------------
+
+SAMPLE_TAU = -3.0  # synthetic_tables: unmemorized at the first checkpoint, memorized from the second on
+
+
+def skipped_as_premem_score_would(train, runs, tau=SAMPLE_TAU, mode="exact"):
+    """train_scores and runs as premem score writes them with this sample mode: the pairs it would not
+    sample (premem.sampling.skipping.replay, the rule its actors apply) have no samples and a reason."""
+    from premem.sampling.skipping import replay
+
+    reasons = replay(train, tau, mode)
+    out = train.assign(skipped=reasons)
+    out.loc[reasons != "", ["n_samples", "n_correct"]] = 0
+    return out, runs.assign(sample=mode, sample_tau=tau)
+
+
+@pytest.mark.parametrize("tau", [SAMPLE_TAU, -2.5, -1.0])
+def test_exact_skips_give_the_same_premem_bit_for_bit(tau):
+    from tests.conftest import synthetic_tables
+
+    runs, train, test = synthetic_tables(n_steps=5)
+    full = TrainingCurves.from_tables(train, runs, test)
+    part_train, part_runs = skipped_as_premem_score_would(train, runs)
+    n_skipped = int((part_train["skipped"] != "").sum())
+    assert 0 < n_skipped < len(train)
+    part = TrainingCurves.from_tables(part_train, part_runs, test)
+    a, b = full.per_example(tau), part.per_example(tau)
+    assert not b["premem"].isna().any()
+    assert (a["premem"].to_numpy() == b["premem"].to_numpy()).all()  # every example, every checkpoint
+    pa, pb = full.points(tau), part.points(tau)
+    assert (pa["premem"].to_numpy() == pb["premem"].to_numpy()).all()  # the run means too
+    # train accuracy is what skipping gives up: computed on the sampled pairs only, and counted as such
+    assert int(pb["n_unsampled"].sum()) == n_skipped == part.n_unsampled and int(pa["n_unsampled"].sum()) == 0
+    assert (pb["n_premem_undefined"] == 0).all()
+
+
+def test_final_skips_keep_the_final_premem_and_leave_earlier_ones_undefined_not_wrong():
+    from tests.conftest import synthetic_tables
+
+    runs, train, test = synthetic_tables(n_steps=5)
+    full = TrainingCurves.from_tables(train, runs, test).per_example(SAMPLE_TAU)
+    part_train, part_runs = skipped_as_premem_score_would(train, runs, mode="final")
+    assert (part_train["skipped"] == "final").any()
+    part = TrainingCurves.from_tables(part_train, part_runs, test).per_example(SAMPLE_TAU)
+    last = full["step"] == full.groupby("run")["step"].transform("max")
+    assert (full.loc[last, "premem"].to_numpy() == part.loc[last, "premem"].to_numpy()).all()
+    known = part["premem"].notna()
+    assert (~known).any() and (part.loc[known, "premem"] == full.loc[known, "premem"]).all()
+
+
+def test_a_tau_below_the_one_pairs_were_skipped_at_is_refused():
+    from tests.conftest import synthetic_tables
+
+    runs, train, _ = synthetic_tables(n_steps=5)
+    curves = TrainingCurves.from_tables(*skipped_as_premem_score_would(train, runs))
+    with pytest.raises(InputError, match=r"^tau -3.5: below -3, the sample_tau this store's unsampled pairs"):
+        curves.per_example(-3.5)
+    # a store whose pairs were all sampled takes any tau
+    TrainingCurves.from_tables(train, runs).per_example(-3.5)
+
+
+def test_unsampled_pairs_need_their_reason_and_their_runs_sample_tau():
+    from tests.conftest import synthetic_tables
+
+    runs, train, _ = synthetic_tables()
+    no_reason = train.copy()
+    no_reason.loc[4, ["n_samples", "n_correct"]] = 0
+    with pytest.raises(InputError, match="train_scores: run 'run0' step 10 example 4 has n_samples = 0 and no skipped"):
+        TrainingCurves.from_tables(no_reason, runs)
+    part_train, _ = skipped_as_premem_score_would(train, runs)
+    with pytest.raises(InputError, match="run 'run0' has unsampled train pairs .* but no sample_tau"):
+        TrainingCurves.from_tables(part_train, runs)

@@ -242,3 +242,20 @@ def test_drawing_uses_no_pyplot_and_keeps_the_callers_backend(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["svg", "False"]
     assert (tmp_path / "r.html").read_text().count("<img") == 4
+
+
+def test_a_store_with_unsampled_pairs_says_train_accuracy_covers_sampled_pairs_only(tmp_path):
+    from tests.metrics.test_premem import skipped_as_premem_score_would
+
+    root = make_store(tmp_path / "store")
+    store = ScoreStore(root)
+    train, runs = skipped_as_premem_score_would(store.read("train_scores"), store.read("runs"))
+    store.write("train_scores", train)
+    store.write("runs", runs)
+    html = build_report(root, tmp_path / "report.html", tau=-2.3).read_text()
+    n = int((train["skipped"] != "").sum())
+    assert "pairs were skipped by memorization-aware sampling" in html and f"({n} of {len(train)} pairs" in html
+    assert "train accuracy computed on sampled pairs only" in html  # the fit table's note
+    with pytest.raises(InputError, match="below -3, the sample_tau"):
+        build_report(root, tmp_path / "low.html", tau=-3.5)
+    assert not (tmp_path / "low.html").exists()

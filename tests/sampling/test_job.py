@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 import pytest
@@ -109,13 +110,22 @@ def test_rerun_on_a_finished_store_does_nothing(workdir, reference):
 
 
 @pytest.mark.slow
-def test_killed_job_resumes_to_the_same_tables(workdir, reference, tmp_path):
+@pytest.mark.parametrize("skipping", [False, True], ids=["nothing_to_skip", "sample_exact_with_skips"])
+def test_killed_job_resumes_to_the_same_tables(skipping, request, tmp_path):
+    """Killed part-way and resumed: the tables of an uninterrupted run. With sample=exact and pairs to skip, the
+    resumed job rebuilds M_{t-1} from the parts written before the kill and skips exactly what it would have."""
     store = tmp_path / "store"
+    if skipping:
+        lr = request.getfixturevalue("learning_run")
+        root, reference, extra, n_train_parts = lr["root"], lr["exact"], [f"sample_tau={lr['tau']!r}"], 15
+        settings = ["--samples", "3", "sampling.max_new_tokens=24", "shard_size=4"]
+    else:
+        root, reference, extra, n_train_parts = request.getfixturevalue("workdir"), request.getfixturevalue("reference"), [], 8
+        settings = ["--samples", "2", "sampling.max_new_tokens=12", "shard_size=3"]
     cmd = [
-        sys.executable, "-m", "premem.cli", "score", "--run", str(workdir / "run"), "--store", str(store),
-        "--train", str(workdir / "train.jsonl"), "--test", str(workdir / "test.jsonl"), "--samples", "2",
-        "sampling.max_new_tokens=12", "exec.options.threads=1", "exec.options.batch_size=8", "shard_size=3",
-        "exec.progress=false",
+        sys.executable, "-m", "premem.cli", "score", "--run", str(root / "run"), "--store", str(store),
+        "--train", str(root / "train.jsonl"), "--test", str(root / "test.jsonl"), *settings,
+        "exec.options.threads=1", "exec.options.batch_size=8", "exec.progress=false", *extra,
     ]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     parts = store / "parts" / "train_scores"
@@ -126,13 +136,15 @@ def test_killed_job_resumes_to_the_same_tables(workdir, reference, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
     proc.wait()
     done_before = len(list(parts.glob("*.parquet")))
-    assert 2 <= done_before < 8, "the job should have been killed part-way"
+    assert 2 <= done_before < n_train_parts, "the job should have been killed part-way"
 
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     for chatter in ("Loading weights", "Token authentication", "SamplerActor pid="):  # Ray's and transformers': -v only
         assert chatter not in resumed.stderr + resumed.stdout
     assert_same_tables(tables(store), reference)
+    if skipping:
+        assert (reference["train_scores"]["skipped"] != "").any()
 
 
 @pytest.mark.slow
@@ -385,3 +397,120 @@ def test_an_error_in_an_actor_is_one_line_naming_the_checkpoint(workdir, tmp_pat
     assert message.startswith(f"run run step 20 ({run / 'checkpoint-20'}): RuntimeError: ") and "\n" not in message
     # the remote traceback: at debug level only (premem -v)
     assert 'File "' not in message and "SamplerActor.run" in caplog.text and 'File "' in caplog.text
+
+
+# -- memorization-aware sampling: sample=exact|final against sampling every pair ------------------
+
+LEARN_STEPS = (0, 20, 60, 200, 400)  # pretraining steps before each checkpoint: from random to memorized
+
+
+def arithmetic_rows(pairs) -> list[dict]:
+    return [{"question": f"What is {a} plus {b}?", "answer": f"{a} + {b} = {a + b}. #### {a + b}"} for a, b in pairs]
+
+
+def learning_config(root: Path, store: Path, **kw) -> ScoreConfig:
+    return ScoreConfig(
+        run=str(root / "run"), store=str(store), train=DataConfig(path=str(root / "train.jsonl")),
+        test=DataConfig(path=str(root / "test.jsonl")), sampling=SamplingParams(samples=3, max_new_tokens=24),
+        exec=ExecConfig(options=BackendOptions(threads=1, batch_size=8), actors=1, progress=False),
+        shard_size=4, **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def learning_run(tmp_path_factory):
+    """A tiny Llama learning 12 sums: 5 checkpoints from random (perplexity high, accuracy 0) to memorized
+    (perplexity near 1, accuracy high), scored with sample=all; a sample_tau at which some memorized pairs
+    are skipped (M_{t-1} = 0) and others must be sampled (M_{t-1} > 0); that store scored with sample=exact."""
+    from premem.sampling.skipping import replay
+    from premem.tables import log_log_perplexity
+    from premem.train.tiny import build_tiny_model, pretrain_briefly
+    from tests.sampling.conftest import paper_prompt, paper_target
+
+    root = tmp_path_factory.mktemp("learn")
+    train = arithmetic_rows([(a, 2 * a % 7) for a in range(1, 13)])
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in arithmetic_rows([(3, 3), (5, 1)])))
+    texts = [paper_prompt(r["question"]) + paper_target(r["answer"]) for r in train]
+    model = build_tiny_model(texts, root / "model", seed=0, vocab_size=256)
+    done = 0
+    for i, steps in enumerate(LEARN_STEPS):
+        if steps > done:
+            pretrain_briefly(model, texts, steps=steps - done, lr=3e-3, seed=i, threads=1, batch_size=8, block_size=64)
+            done = steps
+        shutil.copytree(model, root / "run" / f"checkpoint-{i + 1}")
+    summary = score(learning_config(root, root / "all", sample="all"))
+    everything = tables(root / "all")
+    rows = everything["train_scores"]
+    # the lowest loglog at which both kinds of memorized pair occur before the last checkpoint: skipped
+    # (M_{t-1} = 0) and sampled (M_{t-1} > 0, which sample=final skips and sample=exact samples)
+    early = (rows["step"] < rows["step"].max()).to_numpy()
+    for tau in np.sort(log_log_perplexity(rows["perplexity"].to_numpy()))[1:] + 1e-9:
+        exact = replay(rows, tau, "exact")
+        kept = (log_log_perplexity(rows["perplexity"].to_numpy()) < tau) & (exact == "") & early
+        if (exact != "").any() and kept.any():
+            break
+    else:
+        pytest.fail("the learning run memorizes no pair that was accurate before: nothing to test skipping on")
+    exact_summary = score(learning_config(root, root / "exact", sample="exact", sample_tau=float(tau)))
+    return {"root": root, "tau": float(tau), "all": everything, "exact": tables(root / "exact"),
+            "summaries": {"all": summary, "exact": exact_summary}}
+
+
+def premem_tables(store_dir: Path, tau: float):
+    from premem.metrics.premem import TrainingCurves
+
+    curves = TrainingCurves.from_store(ScoreStore(store_dir))
+    return curves.per_example(tau), curves.points(tau)
+
+
+@pytest.mark.slow
+def test_sample_exact_gives_the_premem_of_sampling_everything_with_fewer_samples(learning_run):
+    from premem.sampling.skipping import replay
+
+    root, tau, full, exact = learning_run["root"], learning_run["tau"], learning_run["all"], learning_run["exact"]
+    for t in (tau, tau + 0.5):  # exact for every tau at or above sample_tau
+        (ex_all, pts_all), (ex_exact, pts_exact) = premem_tables(root / "all", t), premem_tables(root / "exact", t)
+        assert (ex_all["premem"].to_numpy() == ex_exact["premem"].to_numpy()).all()  # per example and checkpoint
+        assert (pts_all["premem"].to_numpy() == pts_exact["premem"].to_numpy()).all()  # per (run, step)
+    assert pts_all["premem"].gt(0).any() and pts_all["premem"].lt(pts_all["train_acc"]).any()  # not a trivial run
+    # the actors skipped exactly the pairs the rule names, and every other row is the one sampling all gives
+    train = exact["train_scores"]
+    reasons = replay(full["train_scores"], tau, "exact")
+    assert train["skipped"].tolist() == list(reasons) and (train.loc[reasons != "", "n_samples"] == 0).all()
+    same = list(full["train_scores"].columns)
+    pd.testing.assert_frame_equal(train.loc[reasons == "", same], full["train_scores"].loc[reasons == "", same])
+    pd.testing.assert_frame_equal(exact["test_scores"], full["test_scores"])  # test queries: always sampled
+    skipped = train.loc[reasons != "", ["step", "example_id"]].assign(drop=True)
+    kept = full["samples"].merge(skipped.assign(split="train"), on=["step", "split", "example_id"], how="left")
+    expected = full["samples"][kept["drop"].isna().to_numpy()].reset_index(drop=True)
+    pd.testing.assert_frame_equal(exact["samples"], expected)  # fewer samples, the same texts
+    assert len(exact["samples"]) < len(full["samples"])
+    summary = learning_run["summaries"]["exact"]
+    assert summary.pairs_skipped == int((reasons != "").sum()) and summary.generated_tokens < \
+        learning_run["summaries"]["all"].generated_tokens
+    runs = ScoreStore(root / "exact").runs().set_index("run")
+    assert runs.loc["run", "sample"] == "exact" and runs.loc["run", "sample_tau"] == tau
+
+
+@pytest.mark.slow
+def test_sample_final_gives_the_final_premem_of_sampling_everything(learning_run, tmp_path):
+    root, tau = learning_run["root"], learning_run["tau"]
+    summary = score(learning_config(root, tmp_path / "final", sample="final", sample_tau=tau))
+    final = tables(tmp_path / "final")
+    ex_all, _ = premem_tables(root / "all", tau)
+    ex_final, _ = premem_tables(tmp_path / "final", tau)
+    last = (ex_all["step"] == ex_all["step"].max()).to_numpy()
+    assert (ex_all.loc[last, "premem"].to_numpy() == ex_final.loc[last, "premem"].to_numpy()).all()
+    assert summary.pairs_skipped > learning_run["summaries"]["exact"].pairs_skipped
+    assert (final["train_scores"]["skipped"] == "final").any() and len(final["samples"]) < len(learning_run["exact"]["samples"])
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_its_sampling_settings(learning_run, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(learning_run["root"] / "exact", store)
+    with pytest.raises(InputError, match=r"^sample: run 'run' of .* was scored with sample=exact sample_tau="):
+        score(learning_config(learning_run["root"], store, sample="all"))
+    again = score(learning_config(learning_run["root"], store, sample="exact", sample_tau=learning_run["tau"]))
+    assert again.tasks_run == 0
