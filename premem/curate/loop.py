@@ -201,7 +201,10 @@ def train_and_score(data: DataConfig, where: Path, model: str, train_cfg: TrainC
     run = train(dataclasses.replace(train_cfg, model=str(model), train=data, out=str(where / "run"), run_name="run",
                                     seed=seed, progress=exec.progress))
     # each score call gets its own copy of how it runs: nothing it fills in (a cache directory) reaches the next
-    common = dict(run=str(run), store=str(where / "store"), train=data, sampling=sampling, shard_size=64)
+    # every pair sampled (sample=all): strategies other than premem_low rank by train accuracy, which skipped
+    # pairs would leave undefined
+    common = dict(run=str(run), store=str(where / "store"), train=data, sampling=sampling, shard_size=64,
+                  sample="all")
     if score_train:  # every checkpoint's training metrics: what the strategies rank by
         score(ScoreConfig(**common, test=None, exec=copy.deepcopy(exec)))
     acc = float("nan")

@@ -170,5 +170,6 @@ def score_runs(cfg: QuickstartConfig, run_dirs: list[Path], train_path: Path, te
 
     for run in run_dirs:
         score(ScoreConfig(run=str(run), store=str(store), train=DataConfig(path=str(train_path)),
-                          test=DataConfig(path=str(test_path)), sampling=cfg.sampling, exec=cfg.exec, shard_size=64))
+                          test=DataConfig(path=str(test_path)), sampling=cfg.sampling, exec=cfg.exec, shard_size=64,
+                          sample="all"))  # every pair: the fit table compares against train accuracy
     return store
