@@ -86,7 +86,8 @@ def raw_hf(model_dir: Path, prompt_ids, k: int, max_new: int, threads: int, batc
 
 def premem_backend(name: str, model_dir: Path, prompt_ids, k: int, max_new: int, threads: int, batch: int):
     from premem.runs import find_checkpoints
-    from premem.sampling.backend import BackendOptions, SamplingParams
+    from premem.execution import BackendOptions
+    from premem.sampling.backend import SamplingParams
     from premem.sampling.engines import make_backend
 
     ckpt = find_checkpoints(model_dir)[0]
@@ -100,7 +101,7 @@ def raw_vllm(model_dir: Path, prompt_ids, k: int, max_new: int, threads: int):
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from premem.sampling.backend import BackendOptions
+    from premem.execution import BackendOptions
     from premem.sampling.vllm_backend import _cpu_environment, _environment
 
     # the same engine settings premem gives vLLM on CPU (a fixed KV cache, OpenMP threads bound to the cores):
@@ -122,7 +123,8 @@ def premem_actors(model_dir: Path, prompt_ids, k: int, max_new: int, actors: int
     """The score path: tasks on Ray actors (shards of 16 prompts), checkpoint loaded once per actor."""
     from premem.execution import ExecConfig, pool, ray_init, run_tasks
     from premem.sampling.actors import SamplerActor, Task
-    from premem.sampling.backend import BackendOptions, SamplingParams
+    from premem.execution import BackendOptions
+    from premem.sampling.backend import SamplingParams
     from premem.runs import find_checkpoints
 
     ckpt = find_checkpoints(model_dir)[0]

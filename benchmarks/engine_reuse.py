@@ -95,7 +95,8 @@ def score_work(cfg):
     from premem.models import load_config
     from premem.runs import find_checkpoints
     from premem.sampling.backend import SamplingParams
-    from premem.sampling.job import check_tokenizers, context_length, encode, make_tasks, only_trained, run_metadata
+    from premem.sampling.encoding import check_tokenizers, context_length, encode
+    from premem.sampling.job import make_tasks, only_trained, run_metadata
 
     options = cfg.exec.options
     checkpoints = find_checkpoints(cfg.run)

@@ -238,7 +238,8 @@ def sampled_wrong(rows: list[dict], base: Path, seed: int, samples: int = 8) -> 
     recipe can train on it); the others are left out."""
     from premem.data.grading import get_grader
     from premem.data.templates import PaperTemplate
-    from premem.sampling.backend import BackendOptions, SamplingParams
+    from premem.execution import BackendOptions
+    from premem.sampling.backend import SamplingParams
     from premem.runs import find_checkpoints
     from premem.sampling.hf import HFBackend
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 from premem.logs import quiet_libraries
 from premem.runs import Checkpoint
-from premem.sampling.backend import BackendOptions, Completion, SamplingParams, TargetLogprob
+from premem.execution import BackendOptions
+from premem.sampling.backend import Completion, SamplingParams, TargetLogprob
 from premem.sampling.engines import make_backend
 
 

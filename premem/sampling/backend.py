@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 
 from premem.errors import InputError
 # how a backend loads and runs a checkpoint is an execution setting (premem.execution); named here too for callers
-from premem.execution import BACKEND_NAMES, DTYPES, BackendOptions, check_execution, check_int, check_number  # noqa: F401
+from premem.execution import check_int, check_number
 
 
 @dataclass

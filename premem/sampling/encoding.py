@@ -9,7 +9,8 @@ from premem.data import Example, ExampleSet
 from premem.errors import InputError
 from premem.models import check_same_tokenizer, load_tokenizer
 from premem.runs import Checkpoint
-from premem.sampling.backend import BackendOptions, SamplingParams
+from premem.execution import BackendOptions
+from premem.sampling.backend import SamplingParams
 
 
 def check_tokenizers(checkpoints: list[Checkpoint], options: BackendOptions):

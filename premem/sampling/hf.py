@@ -45,8 +45,8 @@ from pathlib import Path
 import torch
 
 from premem.errors import InputError
+from premem.execution import BackendOptions
 from premem.sampling.backend import (
-    BackendOptions,
     Completion,
     SamplingParams,
     TargetArgmax,

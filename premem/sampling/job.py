@@ -38,7 +38,7 @@ from premem.files import check_output
 from premem.models import load_config
 from premem.runs import RUN_COLUMNS, RUN_INFO, Checkpoint, find_checkpoints, read_run_info
 from premem.sampling.backend import SamplingParams, check_int, check_number
-from premem.sampling.encoding import Encoded, check_tokenizers, context_length, encode  # noqa: F401
+from premem.sampling.encoding import Encoded, check_tokenizers, context_length, encode
 from premem.sampling.skipping import LOWEST_AUTO_TAU, SAMPLE_MODES, Chains, plan_skipping, records_sampling
 from premem.store import ScoreStore
 

@@ -22,7 +22,7 @@ from premem.models import load_config, load_tokenizer
 from premem.runs import find_checkpoints
 from premem.sampling.backend import SamplingParams
 from premem.sampling.engines import make_backend
-from premem.sampling.job import context_length
+from premem.sampling.encoding import context_length
 
 
 def build_probes(cfg: ProbeBuildConfig) -> ProbeSet:

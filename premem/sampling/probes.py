@@ -35,7 +35,8 @@ from premem.errors import InputError
 from premem.runs import Checkpoint, find_checkpoints
 from premem.execution import ExecConfig
 from premem.sampling.actors import CheckpointWork, SamplerActor
-from premem.sampling.backend import Backend, BackendOptions, SamplingParams, TargetArgmax, TargetLogprob
+from premem.execution import BackendOptions
+from premem.sampling.backend import Backend, SamplingParams, TargetArgmax, TargetLogprob
 from premem.store import ScoreStore
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ class TrackSummary:
 
 def track(cfg: ProbeTrackConfig) -> TrackSummary:
     """Score every probe response at every checkpoint of cfg.run into cfg.store; resumes."""
-    from premem.sampling.job import check_tokenizers, context_length, recorded_splits
+    from premem.sampling.encoding import check_tokenizers, context_length
+    from premem.sampling.job import recorded_splits
     from premem.models import load_config
 
     cfg.validate()

@@ -40,8 +40,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from premem.errors import InputError
+from premem.execution import BackendOptions
 from premem.sampling.backend import (
-    BackendOptions,
     Completion,
     SamplingParams,
     TargetArgmax,

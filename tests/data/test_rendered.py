@@ -40,7 +40,7 @@ def test_curates_prompt_completion_file_is_scored_as_the_rows_it_came_from(tmp_p
     from premem.data.examples import load_example_set
     from premem.data.templates import get_template
     from premem.sampling.backend import SamplingParams
-    from premem.sampling.job import encode
+    from premem.sampling.encoding import encode
 
     original = load_example_set(DataConfig(path=str(gsm8k_rows(tmp_path))))
     exported = tmp_path / "train.prompt_completion.jsonl"

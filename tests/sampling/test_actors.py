@@ -19,7 +19,8 @@ import ray
 from premem.execution import ExecConfig, pool, release
 from premem.runs import Checkpoint
 from premem.sampling.actors import SamplerActor
-from premem.sampling.backend import BackendOptions, SamplingParams
+from premem.execution import BackendOptions
+from premem.sampling.backend import SamplingParams
 
 
 class ReportingActor(SamplerActor):

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from premem.errors import InputError
-from premem.sampling.backend import Backend, BackendOptions, Completion, SamplingParams
+from premem.execution import BackendOptions
+from premem.sampling.backend import Backend, Completion, SamplingParams
 from premem.sampling.hf import HFBackend, cut_at_stop
 from tests.conftest import shared
 from tests.sampling.conftest import paper_prompt, paper_target

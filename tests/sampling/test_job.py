@@ -27,7 +27,8 @@ import pytest
 from premem.data import DataConfig
 from premem.errors import InputError
 from premem.execution import ExecConfig
-from premem.sampling.backend import BackendOptions, SamplingParams
+from premem.execution import BackendOptions
+from premem.sampling.backend import SamplingParams
 from premem.sampling.job import ScoreConfig, score
 from premem.store import ScoreStore
 from tests.conftest import shared

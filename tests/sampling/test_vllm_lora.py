@@ -15,7 +15,8 @@ import pytest
 
 from premem.models import load_tokenizer, local_model, materialize
 from premem.runs import Checkpoint, find_checkpoints
-from premem.sampling.backend import BackendOptions, SamplingParams
+from premem.execution import BackendOptions
+from premem.sampling.backend import SamplingParams
 from tests.conftest import shared
 from tests.sampling.conftest import paper_prompt, paper_target
 
