@@ -12,6 +12,11 @@ architecture, config or tokenizer; a LoRA adapter or GGUF file the backend does 
 and starts a new one. `exec.options.reuse_engine=false` starts a new engine for every checkpoint (the
 old way; benchmarks/engine_reuse.py compares the two).
 
+An actor also grades what it samples (premem.sampling.results) when its task says with which grader and
+against which golds: MATH grading costs milliseconds an answer, which on the driver would be minutes per
+checkpoint; here it runs on every actor's CPUs, the math-verify helpers kept across tasks, and the driver
+only writes the rows the actor returns.
+
 Because a task's result depends only on the task (per-query seeds), a task re-run after its actor
 died gives the rows the dead actor would have given.
 """
@@ -23,11 +28,13 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from premem.data.grading import Grader, get_grader
+from premem.execution import BackendOptions
 from premem.logs import quiet_libraries
 from premem.runs import Checkpoint
-from premem.execution import BackendOptions
 from premem.sampling.backend import Completion, SamplingParams, TargetLogprob
 from premem.sampling.engines import make_backend
+from premem.sampling.results import result_tables
 
 
 class CheckpointWork:
@@ -62,6 +69,11 @@ class Task(CheckpointWork):
     # memorization-aware sampling (premem.sampling.skipping.SkipRule): after the perplexities, which queries to
     # sample; None: all
     skip: object | None = None
+    # grading in the actor: the grader's name (premem.data.get_grader), each query's gold answer, and which
+    # extraction counts in n_correct; grader None returns the completions ungraded
+    grader: str | None = None
+    golds: list[str] | None = None
+    count: str = "strict"
 
     @property
     def part(self) -> str:
@@ -72,10 +84,13 @@ class Task(CheckpointWork):
 @dataclass
 class TaskResult:
     task: Task
-    completions: list[list[Completion]]
+    completions: list[list[Completion]] | None  # None when graded: the samples table holds them
     targets: list[TargetLogprob] | None
     seconds: float
     pid: int
+    samples: object | None = None  # pandas DataFrames of a graded task (premem.sampling.results), ready to write
+    scores: object | None = None
+    grading_s: float = 0.0  # of `seconds`, the time spent grading
 
 
 @dataclass
@@ -102,6 +117,7 @@ class SamplerActor:
         self.backend = None
         self.loaded: Checkpoint | None = None
         self.stats = EngineStats()
+        self.graders: dict[str, Grader] = {}  # kept: MathGrader's helper processes start once per actor
 
     def pid(self) -> int:
         return os.getpid()
@@ -147,7 +163,17 @@ class SamplerActor:
             targets = self.backend.target_logprobs(task.prompt_ids, task.target_ids)
         only = task.skip.to_sample(targets) if task.skip is not None else None  # perplexities first, then this
         completions = generate_capped(self.backend, task, self.params, only)
-        return TaskResult(task, completions, targets, time.perf_counter() - start, os.getpid())
+        if task.grader is None:
+            return TaskResult(task, completions, targets, time.perf_counter() - start, os.getpid())
+        graded = time.perf_counter()
+        samples, scores = result_tables(task, completions, targets, self.grader(task.grader))
+        end = time.perf_counter()
+        return TaskResult(task, None, None, end - start, os.getpid(), samples, scores, end - graded)
+
+    def grader(self, name: str) -> Grader:
+        if name not in self.graders:
+            self.graders[name] = get_grader(name)
+        return self.graders[name]
 
 
 def generate_capped(backend, task: Task, params: SamplingParams, only: list[bool] | None = None

@@ -138,6 +138,7 @@ class ScoreSummary:
     seconds: float
     pairs_skipped: int = 0  # training pairs not sampled (sample=exact|final), this job
     pairs_sampled: int = 0  # pairs (train and test) sampled, this job
+    grading_seconds: float = 0.0  # the actors' time grading this job's samples (beside sampling, not on the driver)
 
 
 def query_seed(seed: int, step: int, split: str, example_id: int) -> int:
@@ -178,8 +179,12 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     # vLLM's merged LoRA / GGUF copies: only under the directories the user named. The tasks carry it, so that
     # actors kept from an earlier job (another store) serve this one too
     cache_dir = options.cache_dir or str(Path(cfg.store).resolve() / "cache")
-    tasks = [replace(t, cache_dir=cache_dir) for c in checkpoints for split in data
-             for t in make_tasks(c, split, encoded[split], params, cfg.shard_size)]
+    # graded in the actors (premem.sampling.results): each task carries its golds and which grader reads them
+    graders = {split: get_grader(ds.grader).name for split, ds in data.items()}  # an unknown grader: refused here
+    answers = {split: {ex.example_id: ex.answer for ex in ds.examples} for split, ds in data.items()}
+    tasks = [replace(t, cache_dir=cache_dir, grader=graders[split], golds=[answers[split][e] for e in t.example_ids],
+                     count=cfg.count)
+             for c in checkpoints for split in data for t in make_tasks(c, split, encoded[split], params, cfg.shard_size)]
     todo = [t for t in tasks if not task_done(t, scored)]
     chains = plan_skipping(cfg, existing, run, checkpoints, todo)
     log.info("%s: %d checkpoints, %d tasks, %d already done", run, len(checkpoints), len(tasks), len(tasks) - len(todo))
@@ -206,21 +211,19 @@ def write_scores(cfg: ScoreConfig, run: str, meta: dict, checkpoints, data, task
 
     start = time.perf_counter()
     tokens = 0
-    counts = {"skipped": 0, "sampled": 0}
-    graders = {split: get_grader(ds.grader) for split, ds in data.items()}
-    answers = {split: {ex.example_id: ex.answer for ex in ds.examples} for split, ds in data.items()}
+    counts = {"skipped": 0, "sampled": 0, "grading_s": 0.0}
     bar = tqdm(total=len(todo), desc=f"scoring {run}", unit="shard", disable=not cfg.exec.progress)
 
     def on_result(result) -> list:
         nonlocal tokens
-        split = result.task.split
-        samples, scores = result_tables(result, graders[split], answers[split], cfg.count)
+        split, samples, scores = result.task.split, result.samples, result.scores  # graded by the actor
         store.write_part("samples", result.task.part, samples)  # first: the scores part marks the task done
         store.write_part(score_table(split), result.task.part, scores)
         tokens += int(samples["n_tokens"].sum())
         unsampled = int(scores["n_samples"].eq(0).sum())
         counts["skipped"] += unsampled
         counts["sampled"] += len(scores) - unsampled
+        counts["grading_s"] += result.grading_s
         bar.update(1)
         bar.set_postfix(step=result.task.checkpoint.step, tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
         # the next checkpoint of this shard, now that its M_{t-1} is known
@@ -237,7 +240,7 @@ def write_scores(cfg: ScoreConfig, run: str, meta: dict, checkpoints, data, task
         store.compact(table)
     return ScoreSummary(
         run, [c.step for c in checkpoints], len(tasks), len(todo), len(tasks) - len(todo), retries, tokens,
-        time.perf_counter() - start, counts["skipped"], counts["sampled"],
+        time.perf_counter() - start, counts["skipped"], counts["sampled"], counts["grading_s"],
     )
 
 
@@ -330,48 +333,3 @@ def make_tasks(c: Checkpoint, split: str, enc: Encoded, params: SamplingParams, 
             seeds=[query_seed(params.seed, c.step, split, e) for e in ids],
             max_new_tokens=[enc.max_new_tokens[i] for i in idx],
         )
-
-
-# -- turning results into rows ---------------------------------------------------------------
-
-
-def result_tables(result, grader, answers: dict[int, str], count: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The samples rows (one per sample, texts kept for regrading) and the score rows of a task."""
-    t = result.task
-    rows = []
-    for ex_id, comps in zip(t.example_ids, result.completions):
-        gold = answers[ex_id]
-        for j, comp in enumerate(comps):
-            g = grader.grade(comp.text, gold)
-            rows.append((t.checkpoint.run, t.checkpoint.step, t.split, ex_id, j, comp.text, comp.n_tokens, gold,
-                         g.strict_answer, g.flexible_answer, g.strict_correct, g.flexible_correct))
-    samples = pd.DataFrame(rows, columns=["run", "step", "split", "example_id", "sample", "text", "n_tokens", "gold",
-                                          "answer_strict", "answer_flexible", "correct_strict", "correct_flexible"])
-    skipped = t.skip.reasons([tl.perplexity for tl in result.targets]) if t.skip is not None else None
-    return samples, scores_from_samples(samples, count, result.targets, t.example_ids, skipped,
-                                        (t.checkpoint.run, t.checkpoint.step))
-
-
-def scores_from_samples(samples: pd.DataFrame, count: str, targets=None, example_ids=None, skipped=None,
-                        where: tuple[str, int] | None = None) -> pd.DataFrame:
-    """Aggregate sample rows into score rows: n_samples, n_correct, n_unparsed (+ perplexity). A pair whose
-    `skipped` names a reason (a train task with a SkipRule, at `where` = (run, step)) gets a row with no
-    samples and that reason, the others skipped = "" (premem.store)."""
-    answer = samples[f"answer_{count}"]
-    scores = (
-        samples.assign(correct=samples[f"correct_{count}"].astype(int), unparsed=answer.isna().astype(int))
-        .groupby(["run", "step", "example_id"], as_index=False, sort=True)
-        .agg(n_samples=("sample", "size"), n_correct=("correct", "sum"), n_unparsed=("unparsed", "sum"))
-    )
-    if skipped is not None:
-        ids = [e for e, r in zip(example_ids, skipped) if r]
-        none = pd.DataFrame({"run": where[0], "step": where[1], "example_id": ids, "n_samples": 0, "n_correct": 0,
-                             "n_unparsed": 0, "skipped": [r for r in skipped if r]})
-        scores = pd.concat([scores.assign(skipped=""), none] if len(scores) else [none], ignore_index=True)
-        scores = scores.astype({c: "int64" for c in ("step", "example_id", "n_samples", "n_correct", "n_unparsed")})
-        scores = scores.sort_values("example_id", ignore_index=True)
-    if targets is not None:
-        ppl = {e: (tl.perplexity, tl.n_tokens) for e, tl in zip(example_ids, targets)}
-        scores["perplexity"] = scores["example_id"].map(lambda e: ppl[e][0])
-        scores["n_target_tokens"] = scores["example_id"].map(lambda e: ppl[e][1])
-    return scores

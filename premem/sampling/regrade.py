@@ -14,7 +14,7 @@ import pandas as pd
 
 from premem.data import get_grader
 from premem.errors import InputError
-from premem.sampling.job import scores_from_samples
+from premem.sampling.results import scores_from_samples
 from premem.store import ScoreStore
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def regrade(store: ScoreStore, grader: str | None = None, count: str = "strict")
         if name is None:
             raise InputError(f"{store.root}: no grader recorded for the {split} split; pass --grader")
         g = graders.setdefault(name, get_grader(name))
-        grades = [g.grade(text, gold) for text, gold in zip(part["text"], part["gold"])]
+        grades = g.grade_many(list(zip(part["text"], part["gold"])))
         new = part.assign(
             answer_strict=[x.strict_answer for x in grades],
             answer_flexible=[x.flexible_answer for x in grades],

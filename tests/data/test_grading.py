@@ -471,3 +471,31 @@ def test_math500_different_answers_are_not_equivalent(math_grader):
     flagged = sorted(pair for pair, s in zip(pairs, same) if s)
     # 5 vs x=5 is math-verify's reading of a bare assignment; the others are the same string
     assert flagged == [("3", "3"), ("5", "x=5"), ("7", "7")]
+
+
+def test_math_grade_many_equals_grade_one_by_one(math_grader):
+    # what the sampler actors call: the same grades, with math-verify asked once per distinct (answer, gold)
+    pairs = TEXTS * 3 + [("$\\boxed{1/2}$", "\\frac{1}{2}"), ("$\\boxed{0.5}$", "\\frac{1}{2}")]
+    assert math_grader.grade_many(pairs) == _grade_all(math_grader, pairs)
+    assert math_grader.grade_many([]) == []
+
+
+def test_gsm8k_grade_many_equals_grade_one_by_one():
+    grader = get_grader("gsm8k")
+    pairs = [("#### 4", "4"), ("The answer is 5.", "4"), ("nothing", "4"), ("#### 4.00\nDone. #### 3", "4")]
+    assert grader.grade_many(pairs) == _grade_all(grader, pairs)
+
+
+@pytest.mark.slow
+def test_math_grade_many_cuts_off_a_stuck_check_and_grades_the_rest(caplog):
+    grader = MathGrader(timeout_s=1.0)
+    try:
+        pairs = [("$\\boxed{2^{2^{2^{100}}}}$", "5"), ("$\\boxed{0.5}$", "\\frac{1}{2}"), ("$\\boxed{3}$", "4")]
+        start = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="premem.data.grading.math"):
+            grades = grader.grade_many(pairs)
+        assert time.monotonic() - start < 10
+        assert [g.strict_correct for g in grades] == [False, True, False]
+        assert "no answer within 1.0 s" in caplog.text
+    finally:
+        grader.close()

@@ -515,3 +515,34 @@ def test_a_resumed_run_keeps_its_sampling_settings(learning_run, tmp_path):
         score(learning_config(learning_run["root"], store, sample="all"))
     again = score(learning_config(learning_run["root"], store, sample="exact", sample_tau=learning_run["tau"]))
     assert again.tasks_run == 0
+
+
+@pytest.mark.slow
+def test_answers_are_graded_in_the_actors_not_on_the_driver(workdir, reference, tmp_path):
+    # the test split graded as MATH (math-verify behind it: tests/sampling/test_results.py grades real MATH answers
+    # the way the actors do); the driver only writes, and starts no math-verify helper of its own
+    import multiprocessing
+
+    from premem.data import get_grader
+
+    before = set(multiprocessing.active_children())
+    rows = [json.loads(line) for line in (workdir / "test.jsonl").read_text().splitlines()]
+    boxed = [{**r, "answer": r["answer"].replace("#### ", "\\boxed{") + "}"} for r in rows]  # MATH's format
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in boxed))
+    cfg = config(workdir, tmp_path / "store")
+    cfg.test = DataConfig(path=str(tmp_path / "test.jsonl"), grader="math")
+    summary = score(cfg)
+    assert set(multiprocessing.active_children()) == before
+    assert summary.grading_seconds > 0
+    samples = ScoreStore(tmp_path / "store").read("samples").query("split == 'test'")
+    assert len(samples) == 2 * N_TEST * 2
+    grader = get_grader("math")
+    try:  # the actors' grades are the grader's own, row for row
+        grades = [grader.grade(text, gold) for text, gold in zip(samples["text"], samples["gold"])]
+    finally:
+        grader.close()
+    assert list(samples["correct_flexible"]) == [g.flexible_correct for g in grades]
+    assert list(samples["answer_flexible"].fillna("<none>")) == [g.flexible_answer or "<none>" for g in grades]
+    # the training split is graded as before (GSM8K), so its tables equal the reference's
+    train = tables(tmp_path / "store")["train_scores"]
+    pd.testing.assert_frame_equal(train, reference["train_scores"], check_exact=True)

@@ -23,6 +23,7 @@ class Grader(Protocol):
     def gold_from_solution(self, solution: str) -> str | None: ...
     def equivalent(self, predicted: str, gold: str) -> bool: ...
     def grade(self, text: str, gold: str) -> Grade: ...
+    def grade_many(self, pairs: list[tuple[str, str]]) -> list[Grade]: ...
 
 
 # -----------------------------------------------------------------------------
@@ -59,3 +60,7 @@ class GraderBase:
         else:
             flexible_ok = flexible is not None and bool(gold) and self.equivalent(flexible, gold)
         return Grade(strict, flexible, strict_ok, flexible_ok)
+
+    def grade_many(self, pairs: list[tuple[str, str]]) -> list[Grade]:
+        """grade() of every (text, gold) pair, in order (a grader with costly checks does them together)."""
+        return [self.grade(text, gold) for text, gold in pairs]

@@ -29,7 +29,7 @@ from typing import Any, Callable, NamedTuple
 
 from pebble import ProcessExpired, ProcessPool
 
-from premem.data.grading.base import GraderBase, after_answer_is, cut_at_done
+from premem.data.grading.base import Grade, GraderBase, after_answer_is, cut_at_done
 
 logger = logging.getLogger(__name__)
 
@@ -133,13 +133,45 @@ class MathGrader(GraderBase):
 
     def equivalent(self, predicted: str, gold: str) -> bool:
         """Same normalised string, else math-verify's verdict within timeout_s (False past it)."""
+        settled = self._settled(predicted, gold)
+        if settled is not None:
+            return settled
+        return self._verdict(predicted, gold, lambda: self._ask_helper(predicted, gold))
+
+    def grade_many(self, pairs: list[tuple[str, str]]) -> list[Grade]:
+        """grade() of every (text, gold) pair, asking math-verify once per distinct (answer, gold) and all at once:
+        the checks run side by side on the helpers (samples of one query often agree), each within timeout_s."""
+        extracted = [(self.extract_strict(text), self.extract_flexible(text), gold) for text, gold in pairs]
+        asks = sorted({(answer, gold) for strict, flexible, gold in extracted for answer in (strict, flexible)
+                       if answer is not None and gold and self._settled(answer, gold) is None})
+        verdicts = self._verdicts(asks)
+
+        def right(answer: str | None, gold: str) -> bool:
+            if answer is None or not gold:
+                return False
+            settled = self._settled(answer, gold)
+            return verdicts[answer, gold] if settled is None else settled
+
+        grades = []
+        for strict, flexible, gold in extracted:
+            strict_ok = right(strict, gold)
+            grades.append(Grade(strict, flexible, strict_ok, strict_ok if flexible == strict else right(flexible, gold)))
+        return grades
+
+    def _settled(self, predicted: str, gold: str) -> bool | None:
+        """The verdict where the strings alone settle it (the same normal form; empty or junk-long: wrong); None
+        where math-verify must be asked."""
         a, b = normalize_latex(predicted), normalize_latex(gold)
         if a == b:
             return bool(a)
         if not a or not b or max(len(predicted), len(gold)) > self.max_answer_chars:
             return False
+        return None
+
+    def _verdict(self, predicted: str, gold: str, ask: Callable[[], bool]) -> bool:
+        """ask()'s verdict on (predicted, gold); False, with a warning, when its helper timed out or died."""
         try:
-            return self._ask_helper(predicted, gold)
+            return ask()
         except TimeoutError:  # pebble has killed the helper and starts a fresh one
             logger.warning(
                 "math-verify gave no answer within %.1f s comparing %.80r with gold %.80r; counted as wrong",
@@ -154,6 +186,26 @@ class MathGrader(GraderBase):
             return False
         except ImportError as error:
             raise RuntimeError("math-verify cannot be imported in the helper process (is it installed?)") from error
+
+    def _verdicts(self, asks: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        """math-verify's verdict on every (predicted, gold), all scheduled on the helpers at once. Checks a broken
+        pool left unanswered are asked again one by one (equivalent's path, which starts a fresh pool)."""
+        if not asks:
+            return {}
+        helpers = self._get_helpers()
+        futures = {ask: helpers.pool.schedule(_math_verify_equivalent, args=ask, timeout=self.timeout_s) for ask in asks}
+        try:
+            _wait_all(helpers.pool, list(futures.values()))
+        except RuntimeError:  # BrokenProcessPool: some checks will never be answered by this pool
+            self._drop(helpers)
+        verdicts = {}
+        for (predicted, gold), future in futures.items():
+            answered = future.done() and not future.cancelled() and not isinstance(future.exception(), RuntimeError)
+            if answered:  # a verdict, a timeout or a helper that died: that check's answer
+                verdicts[predicted, gold] = self._verdict(predicted, gold, future.result)
+            else:
+                verdicts[predicted, gold] = self.equivalent(predicted, gold)
+        return verdicts
 
     def _ask_helper(self, predicted: str, gold: str) -> bool:
         """math-verify's verdict from one of this process's helpers."""
@@ -229,6 +281,15 @@ def _check(pool: ProcessPool, predicted: str, gold: str, timeout_s: float) -> bo
         if not pool.active:
             raise BrokenProcessPool("the pool stopped without answering")
     return future.result()
+
+
+def _wait_all(pool: ProcessPool, futures: list) -> None:
+    """Wait for every check, looking at the pool now and then as _check does (a broken pool answers none)."""
+    pending = futures
+    while pending:
+        pending = list(wait(pending, timeout=1.0).not_done)
+        if pending and not pool.active:
+            raise BrokenProcessPool("the pool stopped without answering")
 
 
 def _stop_pool(pool: ProcessPool) -> None:
