@@ -105,13 +105,15 @@ VERBS: dict[str, Verb] = {
         example="sweep.lr=[1e-3,3e-3] exec.actors=2 (configs/quickstart.yaml)"),
     "predict": Verb(
         "predict test accuracy from training metrics: R², leave-one-run-out R² and MAE over a store's checkpoints, with "
-        "baselines", commands.predict,
-        lambda pred, args, _: json.dumps(pred.to_dict(), indent=None if args.compact else 1) if args.json else
-        lib("premem.metrics.predict:summary")(pred) + (f"\n\nplot: {args.plot}" if args.plot else ""), flags=(
+        "baselines; or save the fit and predict runs without test scores from it", commands.predict,
+        commands.show_predict, flags=(
             flag("--store", help="score store directory (runs/train_scores/test_scores.parquet)", required=True),
             flag("--tau", help=TAU, type=tau_type), flag("--json", help="print one JSON object", action="store_true"),
             flag("--compact", help="with --json: on one line", action="store_true"),
-            flag("--plot", help="write a predicted-vs-actual scatter plot (.png, .svg, .pdf)", metavar="FILE"))),
+            flag("--plot", help="write a predicted-vs-actual scatter plot (.png, .svg, .pdf)", metavar="FILE"),
+            flag("--save-fit", help="save the fit, its 90%% band and the band's coverage as JSON", metavar="FILE"),
+            flag("--fit", help="predict every run from a saved fit, with its band (test scores not needed)",
+                 metavar="FILE"))),
     "report": Verb(
         "write a self-contained HTML report of a score store", commands.report, lambda out, *_: f"report: {out}", flags=(
             flag("--store", help="score store directory", required=True),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,44 @@ def lib(spec: str) -> Any:
 
 
 def predict(args: argparse.Namespace, _) -> Any:
-    """`premem predict`: the fit on a store, and its scatter plot when --plot names a file."""
+    """`premem predict`: the fit on a store, its scatter plot when --plot names a file, the fit saved with
+    --save-fit; or, with --fit, every run of the store predicted from a saved fit (premem.metrics.calibration)."""
+    if args.fit:
+        used = [f for f, v in (("--tau", args.tau), ("--plot", args.plot), ("--save-fit", args.save_fit)) if v]
+        if used:
+            raise InputError(f"{used[0]}: not with --fit, which predicts at the saved fit's tau and makes no new fit")
+        lib("premem.metrics.calibration:load_fit")(args.fit)  # a bad fit file fails before the store is read
+        return lib("premem.metrics.calibration:forecast")(args.store, args.fit)
     if args.plot and Path(args.plot).suffix.lower() not in (".png", ".svg", ".pdf"):
         raise InputError(f"--plot {args.plot}: use a .png, .svg or .pdf file name")
     if args.plot:
         lib("premem.files:check_output")(args.plot, [args.store], what="--plot")
+    if args.save_fit:
+        # never in the store: a fit named like one of its tables would replace it
+        lib("premem.files:check_output")(args.save_fit, [args.store, args.plot], inside=[args.store], what="--save-fit")
     pred = lib("premem.metrics.predict:predict")(args.store, args.tau)  # tau None: the rule every verb shares
+    if args.save_fit:  # before the plot: a fit that cannot have a band fails with nothing written
+        fit = lib("premem.metrics.calibration:calibrate")(args.store, args.tau, pred=pred)
     if args.plot:
         lib("premem.report.plots:prediction_scatter")(pred, args.plot)
+    if args.save_fit:
+        lib("premem.metrics.calibration:save_fit")(fit, args.save_fit)
     return pred
+
+
+def show_predict(result: Any, args: argparse.Namespace, _) -> str:
+    """What `premem predict` prints: JSON with --json, else the fit table (premem.metrics.predict.summary) with
+    the plot and saved fit named under it, or with --fit the forecast (premem.metrics.calibration)."""
+    if args.json:
+        out = {**result.to_dict(), **({"saved_fit": args.save_fit} if args.save_fit and not args.fit else {})}
+        return json.dumps(out, indent=None if args.compact else 1)
+    if args.fit:
+        return lib("premem.metrics.calibration:forecast_summary")(result)
+    text = lib("premem.metrics.predict:summary")(result) + (f"\n\nplot: {args.plot}" if args.plot else "")
+    if args.save_fit:
+        fit = lib("premem.metrics.calibration:load_fit")(args.save_fit)  # as written: the file reads back
+        text += f"\n\nfit saved: {args.save_fit}\n" + lib("premem.metrics.calibration:fit_summary")(fit)
+    return text
 
 
 def report(args: argparse.Namespace, _) -> Path:
