@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -249,30 +250,43 @@ def raw_matches(raw_out: dict, t: dict) -> str:
 
 
 def bench_backend(args, backend: str, work: Path) -> dict:
-    results = {}
-    for mode, reuse in (("reuse", True), ("per_checkpoint", False)):
-        store = work / "stores" / f"{backend}-{mode}"
-        results[mode] = run_score(score_config(args, backend, reuse, store)) | {"store": store}
-    results["raw"] = run_raw(score_config(args, backend, True, work / "unused"), backend)
-    a, b = tables(results["reuse"]["store"]), tables(results["per_checkpoint"]["store"])
-    results["identical"] = same_tables(a, b)
-    results["raw_vs_store"] = raw_matches(results["raw"].pop("out"), a)
+    """Every mode --repeats times, interleaved (reuse, per ckpt, raw, reuse, ...); each figure the median."""
+    runs = {"reuse": [], "per_checkpoint": [], "raw": []}
+    for rep in range(args.repeats):
+        for mode, reuse in (("reuse", True), ("per_checkpoint", False)):
+            store = work / "stores" / f"{backend}-{mode}-{rep}"
+            runs[mode].append(run_score(score_config(args, backend, reuse, store)) | {"store": store})
+        runs["raw"].append(run_raw(score_config(args, backend, True, work / "unused"), backend))
+    a = tables(runs["reuse"][0]["store"])
+    stores = [tables(r["store"]) for mode in ("reuse", "per_checkpoint") for r in runs[mode]]
+    results = {mode: median_run(rs) for mode, rs in runs.items()}
+    results["totals"] = {mode: [round(r["total"], 1) for r in rs] for mode, rs in runs.items()}
+    results["identical"] = all(same_tables(a, b) for b in stores)
+    results["raw_vs_store"] = raw_matches(runs["raw"][0].pop("out"), a)
     return results
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The median of each figure over repeats."""
+    keys = ("total", "tokens", "actors", "started", "start_s", "reloaded", "reload_s")
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+
 def report(backend: str, r: dict) -> str:
-    lines = [f"\n{backend}: {r['reuse']['tokens']} generated tokens per mode",
-             f"{'mode':<26}{'total s':>9}{'engines':>9}{'start s':>9}{'start %':>9}{'reloads':>9}{'reload s':>10}"]
+    n = len(r["totals"]["reuse"])
+    lines = [f"\n{backend}: {r['reuse']['tokens']:.0f} generated tokens per mode; medians of {n} repeat(s)",
+             f"{'mode':<26}{'total s':>9}{'engines':>9}{'start s':>9}{'start %':>9}{'reloads':>9}{'reload s':>10}"
+             f"  totals"]
     for mode, name in (("reuse", "premem score, reuse"), ("per_checkpoint", "premem score, per ckpt"),
                        ("raw", "raw engine")):
         m = r[mode]
         share = 100 * m["start_s"] / (m["actors"] * m["total"])
-        lines.append(f"{name:<26}{m['total']:>9.1f}{m['started']:>9}{m['start_s']:>9.1f}{share:>8.1f}%"
-                     f"{m['reloaded']:>9}{m['reload_s']:>10.2f}")
+        lines.append(f"{name:<26}{m['total']:>9.1f}{m['started']:>9.0f}{m['start_s']:>9.1f}{share:>8.1f}%"
+                     f"{m['reloaded']:>9.0f}{m['reload_s']:>10.2f}  {' '.join(map(str, r['totals'][mode]))}")
     lines.append(f"per ckpt / reuse: {r['per_checkpoint']['total'] / r['reuse']['total']:.2f}x;  "
                  f"reuse / raw engine: {r['reuse']['total'] / r['raw']['total']:.2f}x")
     same = "identical" if r["identical"] else "DIFFER"
-    lines.append(f"score tables (train, test, samples) reuse vs per ckpt: {same};  raw engine vs store: "
+    lines.append(f"score tables (train, test, samples) of every premem score run: {same};  raw engine vs store: "
                  f"{r['raw_vs_store']}")
     return "\n".join(lines)
 
@@ -291,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--kv-cache-gib", type=float, default=1.0)
     parser.add_argument("--max-model-len", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=1, help="run every mode this often, interleaved; medians")
     parser.add_argument("--work", type=Path, help="where the run, data and stores go (default: a temp dir)")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="engine_reuse."))

@@ -8,14 +8,15 @@
     python benchmarks/skip_replay.py quickstart --runs QS/runs --data QS/data --out /tmp/skip_bench [--sample-tau -2]
         Scores a finished quickstart's runs into NEW stores under --out with sample=all, exact and final (the
         quickstart's own sampling and exec settings), and compares: PreMem per (run, checkpoint) and per example,
-        the share of samples and generated tokens skipped, and the scoring time of each mode (one run each,
-        in --order: on a shared machine run it twice in different orders and quote both).
+        the share of samples and generated tokens skipped, and the scoring time of each mode (the median of
+        --repeats, each repeat in a rotated --order).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ def paper(tau: float) -> None:
               f"PreMem identical at every checkpoint: {same_all}; final per-example PreMem identical: {same_final}")
 
 
-def quickstart(runs_dir: Path, data_dir: Path, out: Path, sample_tau: float, order: list[str]) -> None:
+def quickstart(runs_dir: Path, data_dir: Path, out: Path, sample_tau: float, order: list[str], repeats: int) -> None:
     from premem.config import load_config
     from premem.data import DataConfig
     from premem.recipes.quickstart import QuickstartConfig
@@ -85,17 +86,23 @@ def quickstart(runs_dir: Path, data_dir: Path, out: Path, sample_tau: float, ord
 
     # Ray and the actors start before any timing: every mode then finds the same live pool
     score(cfg(run_dirs[0], out / "warmup", train_examples="none", checkpoints="last", sample="all"))
-    seconds, summaries = {}, {}
-    for mode in order:  # the order is an option: a machine others share is slower at some times than others
-        start = time.perf_counter()
-        summaries[mode] = [score(cfg(r, out / mode, sample=mode, sample_tau=sample_tau)) for r in run_dirs]
-        seconds[mode] = time.perf_counter() - start
+    times = {mode: [] for mode in order}
+    for rep in range(repeats):  # each repeat rotates the order: no mode always goes first
+        for mode in order[rep % len(order):] + order[: rep % len(order)]:
+            store = out / (mode if rep == 0 else f"{mode}.{rep}")
+            start = time.perf_counter()
+            for r in run_dirs:
+                score(cfg(r, store, sample=mode, sample_tau=sample_tau))
+            times[mode].append(time.perf_counter() - start)
+    seconds = {mode: statistics.median(t) for mode, t in times.items()}
+    print("seconds per mode, each repeat: " + "; ".join(f"{m} {' '.join(f'{x:.0f}' for x in t)}"
+                                                         for m, t in times.items()))
     tables = {m: {t: ScoreStore(out / m).read(t) for t in ("train_scores", "samples")} for m in seconds}
     curves = {m: TrainingCurves.from_store(ScoreStore(out / m)) for m in seconds}
     n_samples = len(tables["all"]["samples"])
     tokens = int(tables["all"]["samples"]["n_tokens"].sum())
     print(f"quickstart: {len(run_dirs)} runs from {runs_dir}, scored into {out} (sample_tau {sample_tau:g}); "
-          f"sample=all: {n_samples} samples, {tokens} generated tokens, {seconds['all']:.0f} s")
+          f"sample=all: {n_samples} samples, {tokens} generated tokens, {seconds['all']:.0f} s (median of {repeats})")
     for mode in ("exact", "final"):
         train = tables[mode]["train_scores"]
         n_skipped = int((train["skipped"] != "").sum())
@@ -124,6 +131,7 @@ def main() -> None:
     q.add_argument("--out", type=Path, required=True)
     q.add_argument("--sample-tau", type=float, default=-2.0)
     q.add_argument("--order", default="all,exact,final", help="the modes, in the order they are scored")
+    q.add_argument("--repeats", type=int, default=1, help="score every mode this often (order rotated); medians")
     args = parser.parse_args()
     if args.what == "paper":
         paper(args.tau)
@@ -131,7 +139,7 @@ def main() -> None:
         order = args.order.split(",")
         if sorted(order) != ["all", "exact", "final"]:
             parser.error("--order: all, exact and final, each once")
-        quickstart(args.runs, args.data, args.out, args.sample_tau, order)
+        quickstart(args.runs, args.data, args.out, args.sample_tau, order, args.repeats)
 
 
 if __name__ == "__main__":
