@@ -110,7 +110,7 @@ def quickstart(runs_dir: Path, data_dir: Path, out: Path, sample_tau: float, ord
         print(f"  {mode}: {n_skipped} of {len(train)} train pairs skipped; samples {1 - len(s) / n_samples:.2%} and "
               f"tokens {1 - s['n_tokens'].sum() / tokens:.2%} fewer than sample=all; {seconds[mode]:.0f} s "
               f"({seconds['all'] / seconds[mode]:.2f}x, {seconds['all'] - seconds[mode]:.0f} s saved)")
-        for tau in sorted({sample_tau, -2.0, -1.5}):
+        for tau in sorted(t for t in {sample_tau, sample_tau + 0.5, -2.0, -1.5} if t >= sample_tau):  # none below it
             a, b = curves["all"].per_example(tau), curves[mode].per_example(tau)
             pa, pb = curves["all"].points(tau), curves[mode].points(tau)
             end = (a["step"] == a.groupby("run")["step"].transform("max")).to_numpy()
