@@ -3,8 +3,15 @@
 Everything is inline (figures as base64 PNG, CSS in a <style> block, no scripts, fonts or
 links to fetch), so the file can be mailed, archived or opened offline and looks the same.
 The page: what the store holds and the tau used; how well each training-time feature
-predicts test accuracy; per run, the accuracy curves, the predicted-vs-actual scatter, the
-spread of per-example pre-memorization accuracy, the fraction memorized; the runs table.
+predicts test accuracy; per run, the accuracy curves, the predicted-vs-actual scatter, each
+checkpoint's predicted test accuracy with its band (from a saved fit or calibrated on the store:
+premem.report.forecast), the spread of per-example pre-memorization accuracy, the fraction
+memorized; the runs table.
+
+The live page (live=True, what `premem watch` rewrites after each checkpoint) adds an inline
+script that reloads it and a banner saying when it was made (premem.report.live); without those
+two blocks it is byte for byte the plain page, so a finished run's live page equals its report.
+The file is always replaced atomically.
 
 With probe_scores (premem probe track) a "Learning dynamics (probes)" section follows: per run, each
 response type's mean summed log π(y|x) by checkpoint and the squeezing verdict (premem.report.probes).
@@ -28,9 +35,14 @@ import pandas as pd
 
 from premem.errors import InputError
 from premem.files import atomic_path
+from premem.metrics.calibration import Fit
 from premem.metrics.predict import AUTO_MIN_RUNS, PAPER_TAU, TAU_MODES, Prediction, check_tau, predict, resolve_tau
 from premem.metrics.premem import FEATURES, TrainingCurves
 from premem.report import plots
+from premem.report.forecast import TITLE as FORECAST_TITLE
+from premem.report.forecast import Forecast, forecast, read_fit
+from premem.report.forecast import section_body as forecast_body
+from premem.report.live import make_live
 from premem.report.page import PAGE, figure, section
 from premem.report.probes import probe_runs, probe_section
 from premem.store import ScoreStore
@@ -38,15 +50,26 @@ from premem.store import ScoreStore
 PROBES_TITLE = "Learning dynamics (probes)"
 
 
-def build_report(store_dir: str | Path, out_path: str | Path = "report.html", tau: float | str | None = None) -> Path:
+def build_report(store_dir: str | Path, out_path: str | Path = "report.html", tau: float | str | None = None, *,
+                 fit: Fit | str | Path | None = None, live: bool = False) -> Path:
     """Write the HTML report of the score store at `store_dir` to `out_path`; returns the path.
 
     tau: the memorization threshold on log(log(perplexity)), "auto" to choose it by nested
     leave-one-run-out, or None for the default `premem predict` uses too (premem.metrics.predict.resolve_tau:
-    auto where at least 3 runs have test scores, else -2.3); auto falls back to -2.3 without them.
+    auto where at least 3 runs have test scores, else -2.3); auto falls back to -2.3 without them;
+    with a fit and no tau, the fit's.
+    fit: a saved fit (premem.metrics.calibration.Fit or its file) predicting each run's test accuracy per
+    checkpoint with its band; None: calibrated on the store's runs with test scores where they allow it
+    (premem.report.forecast).
+    live: the page `premem watch` rewrites after each checkpoint: it reloads itself in the browser and says when
+    it was made and the checkpoint scored last (premem.report.live); less those, it is the live=False page.
+    The file is replaced atomically: a reader sees the old page or the new one, never half of one.
     Bad input raises InputError before anything is written.
     """
     check_tau(tau)
+    given, source = read_fit(fit)
+    if given is not None and tau is None:
+        tau = given.tau
     store = ScoreStore(store_dir)
     probes = store.read("probe_scores") if store.has("probe_scores") else None
     if probes is not None and probes.empty:
@@ -64,16 +87,24 @@ def build_report(store_dir: str | Path, out_path: str | Path = "report.html", ta
                 raise InputError(f"{store.path('train_scores')}: no train scores to report on")
             page = render_probes_only(store, probes)
         else:
-            pred, tau_used, note = fit(curves, tau)
+            pred, tau_used, note = fit_line(curves, tau)
             points = pred.points if pred else curves.points(tau_used)
-            page = render(store, runs_table, curves, points, pred, tau, tau_used, note, probes)
+            try:
+                fc = forecast(curves, given, source, pred, note)
+            except InputError as e:  # the fit cannot predict this store (its tau below the store's sample_tau)
+                raise InputError(f"fit: {e}") from None
+            if pred is None and given is not None:
+                note += f"; “{FORECAST_TITLE}” below predicts it from {source} instead"
+            page = render(store, runs_table, curves, points, pred, tau, tau_used, note, probes, fc)
+    if live:
+        page = make_live(page, store)
     out = Path(out_path)
     with atomic_path(out) as tmp:  # a failed or killed build leaves no half-written report
         tmp.write_text(page, encoding="utf-8")
     return out
 
 
-def fit(curves: TrainingCurves, tau: float | str | None) -> tuple[Prediction | None, float, str]:
+def fit_line(curves: TrainingCurves, tau: float | str | None) -> tuple[Prediction | None, float, str]:
     """The prediction (None when it cannot be fitted), the tau to use, and a note saying why not."""
     n = len(curves.scored_runs())
     chosen, _ = resolve_tau(tau, n)  # the default rule premem predict uses: the same store, the same numbers
@@ -94,7 +125,7 @@ def fit(curves: TrainingCurves, tau: float | str | None) -> tuple[Prediction | N
 # -- the page --------------------------------------------------------------------------------
 
 
-def render(store, runs_table, curves, points, pred, tau_asked, tau, note, probes=None) -> str:
+def render(store, runs_table, curves, points, pred, tau_asked, tau, note, probes=None, fc: Forecast | None = None) -> str:
     runs = [r for r in runs_table["run"] if r in set(points["run"])]  # runs.parquet's order
     labels = plots.short_names(runs)
     per_ex = curves.per_example(tau)
@@ -117,6 +148,8 @@ def render(store, runs_table, curves, points, pred, tau_asked, tau, note, probes
     else:
         body = f'<p class="note">Not drawn: {escape(note)}.</p>'
     sections.append(section("Predicted vs actual test accuracy", body))
+    if fc is not None:
+        sections.append(section(FORECAST_TITLE, forecast_body(fc, runs, labels, tau)))
     sections.append(section(
         "Per-example pre-memorization accuracy",
         figure(plots.premem_histograms(final, runs, labels),

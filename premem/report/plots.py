@@ -24,6 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 
 from premem.files import atomic_path
@@ -180,6 +181,39 @@ def scatter_figure(pred: Prediction, runs: list[str] | None = None, labels: dict
     )
     ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=8, frameon=False)
+    return fig
+
+
+def forecast_curves(table: pd.DataFrame, runs: list[str], labels: dict[str, str], level: float) -> Figure:
+    """Per run: predicted test accuracy at each checkpoint with its band, and the real test accuracy where scored.
+
+    table: premem.metrics.calibration.predict_from_fit's (run, step, predicted, lower, upper, test_acc, in_fit).
+    A run with one checkpoint so far gets an error bar rather than an invisible band of zero width.
+    """
+    fig, axes = _grid(len(runs), sharey=True)
+    values = table[["lower", "upper", "test_acc"]].to_numpy(dtype=float)
+    lo, hi = (np.nanmin(values), np.nanmax(values)) if np.isfinite(values).any() else (0.0, 1.0)
+    pad = max(0.05, 0.1 * (hi - lo))  # zoomed on the predictions: a band of ±0.02 is invisible on [0, 1]
+    for ax, run in zip(axes, runs):
+        g = table[table["run"] == run].sort_values("step")
+        ax.fill_between(g["step"], g["lower"], g["upper"], color="tab:purple", alpha=0.18, linewidth=0,
+                        label=f"{level:.0%} band")
+        ax.errorbar(g["step"], g["predicted"], yerr=[g["predicted"] - g["lower"], g["upper"] - g["predicted"]],
+                    color="tab:purple", marker="o", markersize=3, linewidth=1.2, capsize=2, elinewidth=0.6,
+                    label="predicted test acc")
+        scored = g.dropna(subset=["test_acc"])
+        ax.plot(scored["step"], scored["test_acc"], color="tab:green", linestyle="none", marker="x", markersize=5,
+                label="actual test acc")
+        ax.set_title(labels[run] + (" (in the fit)" if g["in_fit"].any() else ""), fontsize=8)
+        ax.set_ylim(max(-0.03, lo - pad), min(1.03, hi + pad))
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        _integer_steps(ax, g["step"])
+    _label_grid(fig, "checkpoint step", "test accuracy")
+    handles = [Line2D([], [], color="tab:purple", marker="o", markersize=3, label="predicted test acc"),
+               Patch(color="tab:purple", alpha=0.18, label=f"{level:.0%} band"),
+               Line2D([], [], color="tab:green", linestyle="none", marker="x", markersize=5, label="actual test acc")]
+    fig.legend(handles=handles, loc="upper center", ncols=3, fontsize=8, frameon=False)
     return fig
 
 

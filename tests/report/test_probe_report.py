@@ -65,7 +65,7 @@ def test_store_with_train_and_probe_scores(browser, tmp_path):  # noqa: F811
     assert_self_contained(html)
     assert "<b>&" not in html  # probe texts never reach the page unescaped (they are not shown at all)
     opened = Opened(browser, out)
-    text = check_page(opened, n_figures=4 + 2)  # the four of test_report, the probe curves and their changes
+    text = check_page(opened, n_figures=5 + 2)  # the five of test_report, the probe curves and their changes
     assert "Learning dynamics (probes)" in text and "4 probe prompts, 2 runs" in text
     check_verdicts(opened, scores)
     headings = opened.page.locator("h2").all_inner_texts()

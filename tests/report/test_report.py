@@ -113,7 +113,7 @@ def test_paper_store_report_in_chromium(browser, paper_report):
     html = paper_report.read_text()
     assert_self_contained(html)
     opened = Opened(browser, paper_report)
-    text = check_page(opened, n_figures=4)  # curves, scatter, histograms, memorized
+    text = check_page(opened, n_figures=5)  # curves, scatter, predicted test accuracy, histograms, memorized
     assert "13" in text and "51 (51 with test scores)" in text and "7473" in text
     tau_row = opened.page.locator("table.facts tr", has_text="tau").inner_text()
     assert "-2.3 (given)" in tau_row and "ppl < 1.1055" in tau_row  # DESIGN.md §1: PPL >= 1.1055 is not memorized
@@ -138,7 +138,7 @@ def test_synthetic_store_report_shows_the_fit(browser, tmp_path):
     pred = predict(TrainingCurves.from_store(ScoreStore(store)), "auto")
     assert_self_contained(out.read_text())
     opened = Opened(browser, out)
-    text = check_page(opened, n_figures=4)
+    text = check_page(opened, n_figures=5)
     assert f"{pred.r2:.3f}" in text and f"{pred.r2_loro:.3f}" in text
     assert "12 (12 with test scores)" in text and f"{pred.tau:g} (auto" in text
     opened.page.close()
@@ -241,7 +241,7 @@ def test_drawing_uses_no_pyplot_and_keeps_the_callers_backend(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["svg", "False"]
-    assert (tmp_path / "r.html").read_text().count("<img") == 4
+    assert (tmp_path / "r.html").read_text().count("<img") == 5
 
 
 def test_a_store_with_unsampled_pairs_says_train_accuracy_covers_sampled_pairs_only(tmp_path):
