@@ -47,6 +47,9 @@ _EXPORTS = {
     "predict_from_fit": "premem.metrics.calibration:predict_from_fit",
     "CurateConfig": "premem.curate.api:CurateConfig",
     "CurateResult": "premem.curate.api:CurateResult",
+    "WatchConfig": "premem.watch:WatchConfig",
+    "WatchSummary": "premem.watch.watcher:WatchSummary",
+    "PrememCallback": "premem.callbacks:PrememCallback",
     "ExecConfig": "premem.execution:ExecConfig",
     "BackendOptions": "premem.execution:BackendOptions",
     # data
@@ -69,6 +72,7 @@ _CALLABLE_PACKAGES = {
     "train": "premem.train.api:train",
     "curate": "premem.curate.api:curate",
     "report": "premem.report.html:build_report",
+    "watch": "premem.watch.watcher:watch",
 }
 
 __all__ = sorted(["__version__", *_EXPORTS, *_CALLABLE_PACKAGES])

@@ -17,19 +17,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from premem import commands
-from premem.commands import lib
+from premem.commands import lib, tau_type
 from premem.errors import InputError
 from premem.version import __version__
-
-
-def tau_type(value: str) -> float | str:
-    try:
-        tau = value if value == "auto" else float(value)
-    except ValueError:
-        tau = float("nan")
-    if tau != "auto" and not abs(tau) < float("inf"):  # nan or inf marks every example alike: a flat fit
-        raise argparse.ArgumentTypeError(f"expected a finite number or 'auto', got {value!r}")
-    return tau
 
 
 KINDS = {"int": {"type": int, "metavar": "N"}, "float": {"type": float, "metavar": "X"}, "tau": {"type": tau_type},
@@ -118,7 +108,8 @@ VERBS: dict[str, Verb] = {
         "write a self-contained HTML report of a score store", commands.report, lambda out, *_: f"report: {out}", flags=(
             flag("--store", help="score store directory", required=True),
             flag("--out", help="HTML file to write (default report.html)", default="report.html"),
-            flag("--tau", help=TAU + "; as premem predict", type=tau_type))),
+            flag("--tau", help=TAU + "; as premem predict", type=tau_type),
+            flag("--fit", help="draw predicted test accuracy from a saved fit (predict --save-fit)", metavar="FILE"))),
     "curate": Verb(
         "select a curated subset of the training data from a score store, in the data's own format, as TRL "
         "prompt/completion JSONL and with a manifest", "premem.curate:curate", "premem.curate.api:summary",
@@ -151,6 +142,13 @@ VERBS: dict[str, Verb] = {
                            ("store", "store: say where to write the scores (--store DIR)")),
         outs=(Out("store", ("run", "train.path", "test.path", "base_model"), inside=("run",)),),
         example="sampling.temperature=0.8 shard_size=64 exec.options.threads=1"),
+    "watch": Verb(
+        "score runs while they train: each checkpoint once complete, on actors kept warm; predictions and the report "
+        "updated after each (stops when every run has finished, at --until, after --idle, on Ctrl-C)",
+        "premem.watch.watcher:watch", "premem.watch.watcher:summary", "premem.watch:WatchConfig", (CONFIG, *keys(
+            "--run runs list", "--train train.path", "--test test.path", "--store store", "--fit fit", "--report report",
+            "--until until int", "--idle idle float", "--poll poll float", "--samples sampling.samples int"), *EXEC[:4]),
+        example="sampling.temperature=0.8 exec.options.threads=1 state_file=trainer_state.json"),
     "regrade": Verb(
         "re-grade stored samples (no sampling) and recompute the score tables",
         lambda args, _: lib("premem.sampling.regrade:regrade")(lib("premem.store:ScoreStore")(args.store), args.grader,

@@ -22,6 +22,17 @@ def lib(spec: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def tau_type(value: str) -> float | str:
+    """--tau: a finite number or 'auto' (an argparse type)."""
+    try:
+        tau = value if value == "auto" else float(value)
+    except ValueError:
+        tau = float("nan")
+    if tau != "auto" and not abs(tau) < float("inf"):  # nan or inf marks every example alike: a flat fit
+        raise argparse.ArgumentTypeError(f"expected a finite number or 'auto', got {value!r}")
+    return tau
+
+
 def predict(args: argparse.Namespace, _) -> Any:
     """`premem predict`: the fit on a store, its scatter plot when --plot names a file, the fit saved with
     --save-fit; or, with --fit, every run of the store predicted from a saved fit (premem.metrics.calibration)."""
@@ -67,9 +78,9 @@ def report(args: argparse.Namespace, _) -> Path:
     """`premem report`: the HTML report of a store, its --out checked first."""
     if Path(args.out).suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--out {args.out}: the report is one .html file")
-    lib("premem.files:check_output")(args.out, [args.store])
+    lib("premem.files:check_output")(args.out, [args.store, args.fit])
     lib("premem.store:ScoreStore")(args.store)  # a mistyped path fails now, not after importing matplotlib
-    return lib("premem.report:build_report")(args.store, args.out, args.tau)
+    return lib("premem.report:build_report")(args.store, args.out, args.tau, fit=args.fit)
 
 
 def train(cfg, args) -> list[str]:

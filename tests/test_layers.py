@@ -25,6 +25,7 @@ STAGES = [
     ("metrics", ["premem.metrics"]),
     ("curate", ["premem.curate"]),
     ("report", ["premem.report"]),
+    ("watch", ["premem.watch"]),
     ("recipes", ["premem.recipes"]),
     ("cli", ["premem.cli", "premem.commands", "premem.__main__", "premem.callbacks", "premem"]),  # "premem": the public API
 ]
