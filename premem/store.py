@@ -66,6 +66,7 @@ __all__ = ["ScoreStore", "TABLES", "TableSpec", "SCORE_KEY", "validate", "exampl
 
 log = logging.getLogger(__name__)
 
+READ_ATTEMPTS = 20  # reads of a table whose parts another process compacts meanwhile (ScoreStore.read)
 PART_NAME = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9._=-]{0,199}")  # not starting with "." (temporary files do)
 
 
@@ -110,13 +111,24 @@ class ScoreStore:
     # -- reading ---------------------------------------------------------------------------
 
     def read(self, table: str) -> pd.DataFrame:
-        """Read and validate a table, parts included; a missing table is an error naming the file."""
+        """Read and validate a table, parts included; a missing table is an error naming the file.
+
+        Another process may compact the table meanwhile (premem watch writing while a report or a trainer
+        callback reads): a part that vanishes between listing and reading has had its rows merged into the main
+        file first, so the table is listed and read again."""
         path = self.path(table)
-        files = ([path] if path.is_file() else []) + [self.part_path(table, p) for p in self.parts(table)]
-        if not files:
-            raise InputError(f"{path}: table missing from the score store")
-        frames = [_read_file(table, f) for f in files]
-        return frames[0] if len(frames) == 1 else _first_per_key(table, frames)
+        for attempt in range(READ_ATTEMPTS):
+            files = ([path] if path.is_file() else []) + [self.part_path(table, p) for p in self.parts(table)]
+            if not files:
+                raise InputError(f"{path}: table missing from the score store")
+            try:
+                frames = [_read_file(table, f) for f in files]
+            except FileNotFoundError as gone:
+                if attempt + 1 == READ_ATTEMPTS:
+                    raise InputError(f"{gone.filename}: vanished while read, {READ_ATTEMPTS} times in a row "
+                                     "(is something deleting the store?)") from None
+                continue
+            return frames[0] if len(frames) == 1 else _first_per_key(table, frames)
 
     def runs(self) -> pd.DataFrame:
         """The runs table; when absent, one row per run found in train_scores (trained on all examples)."""
@@ -239,6 +251,8 @@ def _read_file(table: str, path: Path) -> pd.DataFrame:
     try:
         df = pq.read_table(path).to_pandas()
     except (pa.ArrowInvalid, OSError) as e:
+        if not path.exists():  # compacted (or deleted) since it was listed: the caller decides
+            raise FileNotFoundError(2, "no such file", str(path)) from None
         raise InputError(f"{path}: not a readable Parquet file ({e})") from None
     validate(table, df, str(path))
     return df

@@ -369,3 +369,27 @@ def test_bad_unsampled_rows_are_rejected(tmp_path, corrupt, message):
 def test_bad_sampling_settings_of_a_run_are_rejected(tmp_path, runs, message):
     with pytest.raises(InputError, match=message):
         ScoreStore(tmp_path / "w", create=True).write("runs", pd.DataFrame({"run": ["r"], **runs}))
+
+
+def _write_and_compact(root, train, rounds):
+    store = ScoreStore(root)  # another process: its own lock, as premem watch beside a reader
+    for i in range(rounds):
+        for j, start in enumerate(range(0, len(train), 40)):
+            store.write_part("train_scores", f"round={i:03d}.shard={j:05d}", train.iloc[start : start + 40])
+        store.compact("train_scores")
+
+
+def test_a_table_read_while_another_process_compacts_it_reads_whole(tmp_path):
+    # what premem watch does to a store while the live report or a trainer callback reads it
+    _, train, _ = synthetic_tables()
+    ScoreStore(tmp_path, create=True).write("train_scores", train.iloc[:1])
+    writer = mp.get_context("spawn").Process(target=_write_and_compact, args=(str(tmp_path), train, 30))
+    writer.start()
+    reader, reads, seen = ScoreStore(tmp_path), 0, 1
+    while writer.is_alive() or reads == 0:
+        got = reader.read("train_scores")  # never a vanished part, never a row seen before and lost
+        assert len(got) >= seen and not got.duplicated(KEY).any()
+        seen, reads = len(got), reads + 1
+    writer.join()
+    assert writer.exitcode == 0 and reads > 10
+    pd.testing.assert_frame_equal(_sorted(reader.read("train_scores")), _sorted(train))
