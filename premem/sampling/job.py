@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from premem.data import DataConfig, get_grader, get_template, load_example_set
+from premem.data import DataConfig, get_template, load_example_set
 from premem.errors import InputError
 from premem.execution import ExecConfig
 from premem.files import check_output
@@ -179,11 +179,11 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     # vLLM's merged LoRA / GGUF copies: only under the directories the user named. The tasks carry it, so that
     # actors kept from an earlier job (another store) serve this one too
     cache_dir = options.cache_dir or str(Path(cfg.store).resolve() / "cache")
-    # graded in the actors (premem.sampling.results): each task carries its golds and which grader reads them
-    graders = {split: get_grader(ds.grader).name for split, ds in data.items()}  # an unknown grader: refused here
+    # graded in the actors (premem.sampling.results): each task carries its golds and which grader reads them (the
+    # name load_example_set resolved and checked)
     answers = {split: {ex.example_id: ex.answer for ex in ds.examples} for split, ds in data.items()}
-    tasks = [replace(t, cache_dir=cache_dir, grader=graders[split], golds=[answers[split][e] for e in t.example_ids],
-                     count=cfg.count)
+    tasks = [replace(t, cache_dir=cache_dir, grader=data[split].grader,
+                     golds=[answers[split][e] for e in t.example_ids], count=cfg.count)
              for c in checkpoints for split in data for t in make_tasks(c, split, encoded[split], params, cfg.shard_size)]
     todo = [t for t in tasks if not task_done(t, scored)]
     chains = plan_skipping(cfg, existing, run, checkpoints, todo)
