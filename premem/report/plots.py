@@ -198,7 +198,9 @@ def forecast_curves(table: pd.DataFrame, runs: list[str], labels: dict[str, str]
         g = table[table["run"] == run].sort_values("step")
         ax.fill_between(g["step"], g["lower"], g["upper"], color="tab:purple", alpha=0.18, linewidth=0,
                         label=f"{level:.0%} band")
-        ax.errorbar(g["step"], g["predicted"], yerr=[g["predicted"] - g["lower"], g["upper"] - g["predicted"]],
+        # the band is clipped to [0, 1] and the line is not: a prediction below 0 has no bar below it
+        below, above = (g["predicted"] - g["lower"]).clip(lower=0), (g["upper"] - g["predicted"]).clip(lower=0)
+        ax.errorbar(g["step"], g["predicted"], yerr=[below, above],
                     color="tab:purple", marker="o", markersize=3, linewidth=1.2, capsize=2, elinewidth=0.6,
                     label="predicted test acc")
         scored = g.dropna(subset=["test_acc"])
