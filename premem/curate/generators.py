@@ -8,10 +8,14 @@ first) and answers with rows {"question", "solution"[, "answer"]}:
 
 templates are canonical examples {"example_id", "question", "solution", "answer"}; avoid
 holds the questions already in the data (or held out), which a new example must not repeat.
-Three kinds (GeneratorConfig.kind):
+Five kinds (GeneratorConfig.kind):
 
 - arith: the tiny benchmark's own problem maker (premem.data.arith.similar_problems): the
   template's operations in the same order, new numbers, names and things.
+- skills: the skills benchmark's (premem.data.skills.similar_problems): the template's family
+  (its skill), everything else new.
+- copy: the templates themselves, again: upsampling (Kang et al. compare collecting new data
+  like the low pre-memorization examples with repeating them).
 - python: a user's callable, "package.module:function" or "path/to/file.py:function", with the
   signature above. Its rows are checked (`check_rows`); a bad one is an error naming it.
 - llm: a model served by a sampling backend (hf or vllm), given a rewrite prompt built from
@@ -21,14 +25,13 @@ Three kinds (GeneratorConfig.kind):
   as that model: use a strong one, or check the rows before trusting them.
 
 i.i.d. mixing (`iid_mix`): a share of each round's new examples drawn straight from the task's
-distribution instead of like a template (`make_iid`; the arith task has one). Curated data drifts
+distribution instead of like a template (`make_iid`; the arith and skills tasks have one). Curated data drifts
 from the test distribution; mixing holds it. iid_mix=1 is i.i.d. data scaling, the baseline every
 strategy is measured against.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import logging
@@ -36,8 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from premem.data.arith import ArithConfig, generate, similar_problems
+from premem.data import tasks
+from premem.data.arith import ArithConfig
 from premem.data.grading import get_grader
+from premem.data.skills import SkillsConfig
 from premem.errors import InputError
 from premem.execution import ExecConfig, check_int, check_number
 from premem.sampling.backend import SamplingParams
@@ -61,11 +66,14 @@ class GeneratorConfig:
     """Where the loop's new examples come from."""
 
     kind: str = "arith"
-    """arith (the tiny benchmark's problem maker), python (your callable) or llm (a model and a rewrite prompt)."""
+    """arith or skills (a tiny benchmark's problem maker), copy (the templates again: upsampling), python (your
+    callable) or llm (a model and a rewrite prompt)."""
     function: str = ""
     """python: the callable, "package.module:function" or "path/to/file.py:function"."""
     benchmark: ArithConfig = field(default_factory=lambda: ArithConfig(n_train=0, max_number=20, max_operand=6))
     """arith: the task's settings (ranges of numbers and operands)."""
+    skills: SkillsConfig = field(default_factory=lambda: SkillsConfig(n_train=0))
+    """skills: the task's settings (families, ranges)."""
     near: int | None = None
     """arith: None, new numbers anywhere in range; k, the start and each operand within +-k of the template's."""
     model: str = ""
@@ -82,8 +90,8 @@ class GeneratorConfig:
     attempts: int = 3
     """llm: times a template is asked again when its answer does not parse."""
     iid_mix: float = 0.0
-    """Share of each round's new examples drawn i.i.d. from the task instead of like a template (arith only;
-    1: i.i.d. data scaling, no templates)."""
+    """Share of each round's new examples drawn i.i.d. from the task instead of like a template (arith and
+    skills only; 1: i.i.d. data scaling, no templates)."""
     seed: int | None = None
     """The round that grows the data to n examples generates with seed + n (its i.i.d. share with seed + n +
     IID_SEED); default: the loop's seed * 1000 + the round."""
@@ -93,9 +101,9 @@ class GeneratorConfig:
         if self.kind not in KINDS:
             raise InputError(f"{prefix}kind: unknown generator {self.kind!r}; known: {', '.join(KINDS)}")
         check_number(prefix + "iid_mix", self.iid_mix, lambda m: 0 <= m <= 1, "a share in [0, 1]")
-        if self.iid_mix and self.kind != "arith":
+        if self.iid_mix and self.kind not in IID_KINDS:
             raise InputError(f"{prefix}iid_mix: i.i.d. draws need the task's own distribution, which only the arith "
-                             f"generator has (kind is {self.kind})")
+                             f"and skills generators have (kind is {self.kind})")
         if self.seed is not None:
             check_int(prefix + "seed", self.seed, 0)
         if self.near is not None:
@@ -104,17 +112,21 @@ class GeneratorConfig:
             self.exec.validate(prefix + "exec.")
 
 
-KINDS = ("arith", "python", "llm")
+KINDS = ("arith", "skills", "copy", "python", "llm")
+IID_KINDS = ("arith", "skills")  # the kinds that know their task's distribution
 IID_SEED = 1000  # the i.i.d. share draws with seed + IID_SEED: a stream apart from the templated examples'
 
 
 def make_generator(cfg: GeneratorConfig, grader: str) -> Generator:
     """The generator cfg names; everything it needs is checked now, before a round runs."""
-    if cfg.kind == "arith":
+    if cfg.kind in IID_KINDS:
         return lambda templates, seed, avoid: [
             {"question": p["question"], "solution": p["answer"]}
-            for p in similar_problems([t["solution"] for t in templates], cfg.benchmark, seed, avoid, near=cfg.near)
+            for p in tasks.similar_problems(task_of(cfg), templates, seed, avoid, near=cfg.near)
         ]
+    if cfg.kind == "copy":  # the same examples again: a repeat is the point, so avoid does not apply
+        return lambda templates, seed, avoid: [
+            {"question": t["question"], "solution": t["solution"], "answer": t["answer"]} for t in templates]
     if cfg.kind == "python":
         return _checked(load_callable(cfg.function), cfg.function, grader)
     if cfg.kind == "llm":
@@ -131,21 +143,16 @@ def make_iid(cfg: GeneratorConfig) -> Callable[[int, int, set[str]], list[dict]]
     cfg.iid_mix is 0)."""
     if not cfg.iid_mix:
         return None
-    if cfg.kind != "arith":
+    if cfg.kind not in IID_KINDS:
         raise InputError(f"generator.iid_mix: i.i.d. draws need the task's own distribution, which only the arith "
-                         f"generator has (kind is {cfg.kind})")
+                         f"and skills generators have (kind is {cfg.kind})")
     return lambda n, seed, avoid: [{"question": p["question"], "solution": p["answer"]}
-                                   for p in fresh_problems(cfg.benchmark, n, seed + IID_SEED, avoid)]
+                                   for p in tasks.fresh_problems(task_of(cfg), n, seed + IID_SEED, avoid)]
 
 
-def fresh_problems(cfg: ArithConfig, n: int, seed: int, avoid: set[str]) -> list[dict]:
-    """n i.i.d. problems of the arith task, none of whose questions is in avoid."""
-    gen = dataclasses.replace(cfg, n_train=0, n_test=4 * n + len(avoid) + 16, seed=seed)
-    _, pool = generate(gen)
-    out = [p for p in pool if p["question"] not in avoid][:n]
-    if len(out) < n:
-        raise InputError(f"benchmark: could not draw {n} new problems (the task has too few distinct questions)")
-    return out
+def task_of(cfg: GeneratorConfig) -> tasks.Benchmark:
+    """The settings of the task an arith or skills generator draws from."""
+    return cfg.skills if cfg.kind == "skills" else cfg.benchmark
 
 
 def load_callable(spec: str) -> Callable:

@@ -8,9 +8,13 @@ runs one loop per (seed, strategy) from a shared i.i.d. start, and one more per 
 
     rounds      one row per (seed, strategy, round): examples, test accuracy; round 0 is the shared
                 start, round -1 an i.i.d.-only size (the `iid` loop's rounds, shown as random)
-    curves      mean and std of test accuracy over seeds per (strategy, examples)
+    curves      mean, std and standard error of test accuracy over seeds per (strategy, examples)
     efficiency  per strategy and size: the i.i.d. examples needed to reach its mean accuracy (read off
-                the i.i.d. curve, interpolated in log examples) / the examples it used
+                the i.i.d. curve, interpolated in log examples) / the examples it used; with the ratio's
+                mean and standard error over seeds (each seed's accuracy read off its own i.i.d. curve)
+    comparisons per size, one strategy (premem_low) against each other one: the mean difference in test
+                accuracy over seeds, paired by seed (a seed's strategies share its start), its standard
+                error, and whether it is ahead by more than two standard errors
 
 The report (premem.report.curation) and the experiment's curves.csv / efficiency.csv both come from here.
 """
@@ -90,28 +94,79 @@ def curves(rounds: pd.DataFrame) -> pd.DataFrame:
     for name in rounds["strategy"].unique():
         rows.append(start.assign(strategy=name))
     full = pd.concat(rows, ignore_index=True).drop_duplicates(["seed", "strategy", "examples"])
-    return (full.groupby(["strategy", "examples"], as_index=False)["test_acc"]
-            .agg(mean="mean", std="std", n_seeds="size"))
+    out = (full.groupby(["strategy", "examples"], as_index=False)["test_acc"]
+           .agg(mean="mean", std="std", n_seeds="size"))
+    return out.assign(se=out["std"] / np.sqrt(out["n_seeds"]))
 
 
-def efficiency(curve: pd.DataFrame) -> pd.DataFrame:
-    """Per strategy and size: i.i.d. examples needed to reach its mean accuracy / examples it used."""
+def iid_examples_needed(sizes: np.ndarray, accs: np.ndarray, acc: float) -> tuple[float, str]:
+    """The fewest i.i.d. examples whose accuracy reaches acc on the i.i.d. curve (sizes ascending): its running
+    best, interpolated in log examples; (the largest size, ">") when the curve never reaches acc."""
+    x, y = np.log(sizes.astype(float)), np.maximum.accumulate(accs.astype(float))  # "best reached by n examples"
+    if acc > y[-1]:
+        return float(np.exp(x[-1])), ">"
+    i = int(np.argmax(y >= acc))  # first crossing, log-linear between points
+    t = 0.0 if i == 0 or y[i] == y[i - 1] else (acc - y[i - 1]) / (y[i] - y[i - 1])
+    return float(np.exp(x[i] if i == 0 else x[i - 1] + t * (x[i] - x[i - 1]))), ""
+
+
+COLUMNS_EFF = ["strategy", "examples", "test_acc", "iid_examples_needed", "ratio", "bound", "ratio_mean",
+               "ratio_se", "n_seeds"]
+
+
+def efficiency(curve: pd.DataFrame, rounds: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per strategy and size: i.i.d. examples needed to reach its mean accuracy / examples it used. Given the
+    rounds, also each seed's ratio (its accuracy read off its own seed's i.i.d. curve): their mean and standard
+    error over seeds."""
     iid = curve[curve["strategy"] == IID_STRATEGY].sort_values("examples")
-    x, y = np.log(iid["examples"].to_numpy(float)), iid["mean"].to_numpy(float)
-    y = np.maximum.accumulate(y)  # a learning curve read as "best accuracy reached by n examples"
+    per_seed = seed_ratios(rounds) if rounds is not None else pd.DataFrame(columns=["strategy", "examples", "ratio"])
     out = []
     for row in curve.itertuples():
         if row.examples <= iid["examples"].min():
             continue
-        if row.mean > y[-1]:
-            needed, bound = float(np.exp(x[-1])), ">"
-        else:  # the fewest i.i.d. examples whose accuracy reaches row.mean: first crossing, log-linear between points
-            i = int(np.argmax(y >= row.mean))
-            t = 0.0 if i == 0 or y[i] == y[i - 1] else (row.mean - y[i - 1]) / (y[i] - y[i - 1])
-            needed, bound = float(np.exp(x[i] if i == 0 else x[i - 1] + t * (x[i] - x[i - 1]))), ""
+        needed, bound = iid_examples_needed(iid["examples"].to_numpy(), iid["mean"].to_numpy(), row.mean)
+        r = per_seed.loc[(per_seed["strategy"] == row.strategy) & (per_seed["examples"] == row.examples), "ratio"]
+        se = float(r.std() / np.sqrt(len(r))) if len(r) > 1 else float("nan")
         out.append({"strategy": row.strategy, "examples": row.examples, "test_acc": row.mean,
-                    "iid_examples_needed": needed, "ratio": needed / row.examples, "bound": bound})
-    return pd.DataFrame(out, columns=["strategy", "examples", "test_acc", "iid_examples_needed", "ratio", "bound"])
+                    "iid_examples_needed": needed, "ratio": needed / row.examples, "bound": bound,
+                    "ratio_mean": float(r.mean()) if len(r) else float("nan"), "ratio_se": se, "n_seeds": len(r)})
+    return pd.DataFrame(out, columns=COLUMNS_EFF)
+
+
+def seed_ratios(rounds: pd.DataFrame) -> pd.DataFrame:
+    """Each seed's data-efficiency ratio per (strategy, size): its test accuracy read off that seed's own i.i.d.
+    curve (a lower bound, capped at the largest i.i.d. size, where the curve never reaches it)."""
+    out = []
+    for seed, g in rounds.groupby("seed"):
+        iid = g[g["strategy"].eq(IID_STRATEGY) | g["round"].eq(0)].drop_duplicates("examples").sort_values("examples")
+        if len(iid) < 2:
+            continue
+        for row in g[g["round"] != 0].itertuples():
+            needed, _ = iid_examples_needed(iid["examples"].to_numpy(), iid["test_acc"].to_numpy(), row.test_acc)
+            out.append({"seed": seed, "strategy": row.strategy, "examples": row.examples,
+                        "ratio": needed / row.examples})
+    return pd.DataFrame(out, columns=["seed", "strategy", "examples", "ratio"])
+
+
+def comparisons(rounds: pd.DataFrame, focus: str = "premem_low") -> pd.DataFrame:
+    """Per size, `focus` against every other strategy run at that size: the mean over seeds of focus's test
+    accuracy minus the other's (paired by seed: a seed's strategies share its start and test set), its
+    standard error, and `ahead`: the mean difference exceeds two standard errors."""
+    acc = rounds[rounds["round"] > 0].pivot_table(index=["examples", "seed"], columns="strategy", values="test_acc")
+    out = []
+    if focus not in acc.columns:
+        return pd.DataFrame(columns=["examples", "strategy", "diff", "se", "n_seeds", "ahead"])
+    for examples, g in acc.groupby(level="examples"):
+        for other in acc.columns:
+            if other == focus:
+                continue
+            d = (g[focus] - g[other]).dropna()
+            if d.empty:
+                continue
+            se = float(d.std() / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+            out.append({"examples": int(examples), "strategy": other, "diff": float(d.mean()), "se": se,
+                        "n_seeds": len(d), "ahead": bool(len(d) > 1 and d.mean() > 2 * se)})
+    return pd.DataFrame(out, columns=["examples", "strategy", "diff", "se", "n_seeds", "ahead"])
 
 
 def strategy_order(curve: pd.DataFrame) -> list[str]:

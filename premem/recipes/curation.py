@@ -32,13 +32,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from premem.curate.generators import GeneratorConfig, fresh_problems
+from premem.curate.generators import GeneratorConfig
 from premem.curate.loop import LoopConfig, loop
 from premem.data import DataConfig
-from premem.data.arith import ArithConfig, generate, write_benchmark, write_jsonl
+from premem.data.arith import ArithConfig, write_jsonl
+from premem.data.skills import SkillsConfig
+from premem.data.tasks import Benchmark, benchmark_of, fresh_problems, generate, key_of, write_benchmark
 from premem.errors import InputError
 from premem.execution import BackendOptions, ExecConfig, check_int, check_number
-from premem.metrics.curves import IID_LOOP, IID_STRATEGY, curves, efficiency, read_rounds, strategy_order
+from premem.metrics.curves import (IID_LOOP, IID_STRATEGY, comparisons, curves, efficiency, read_rounds,
+                                   strategy_order)
 from premem.report import plots
 from premem.report.curation import build_curation_report
 from premem.sampling.backend import SamplingParams
@@ -54,8 +57,12 @@ class CurationConfig:
 
     out: str = "premem-curation"
     """Directory for everything (runs, stores and records per loop, curves.png, efficiency.csv, report.html)."""
+    task: str = "arith"
+    """The tiny benchmark: arith (its settings under benchmark) or skills (under skills)."""
     benchmark: ArithConfig = field(default_factory=lambda: ArithConfig(n_train=0, n_test=256, max_number=20, max_operand=6))
-    """The task; its test problems are the held-out set (training problems come from the generator)."""
+    """The arith task; its test problems are the held-out set (training problems come from the generator)."""
+    skills: SkillsConfig = field(default_factory=lambda: SkillsConfig(n_train=0, n_test=256))
+    """The skills task (problem families that need different skills; premem/data/skills.py)."""
     model: BaseModelConfig = field(default_factory=BaseModelConfig)
     """The tiny base model every run starts from."""
     train: TrainConfig = field(
@@ -71,6 +78,9 @@ class CurationConfig:
     """Extra i.i.d. sizes beyond the rounds, so the i.i.d. curve reaches the accuracies strategies reach."""
     strategies: list[str] = field(default_factory=lambda: ["random", "premem_low", "loss", "difficulty", "cartography", "s2l"])
     """Strategies to compare (random is i.i.d. scaling and is always run)."""
+    upsample: list[str] = field(default_factory=list)
+    """Strategies also run in upsample mode: each round adds copies of the top-ranked examples instead of new
+    problems like them (labelled <strategy>-upsample; Kang et al. compare both)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds: of the start set, the generator and training."""
     template_fraction: float = 0.25
@@ -113,13 +123,14 @@ def experiment(cfg: CurationConfig) -> CurationResult:
     report.html into cfg.out (reusing every finished run and store)."""
     validate(cfg)
     out = Path(cfg.out)
-    _, test_path = write_benchmark(dataclasses.replace(cfg.benchmark, n_train=0), out / "data")
-    held_out = test_questions(cfg.benchmark)
+    bench = task_settings(cfg)
+    _, test_path = write_benchmark(dataclasses.replace(bench, n_train=0), out / "data")
+    held_out = test_questions(bench)
     # the tokenizer learns the traces' words from problems no run trains on
-    vocab = fresh_problems(cfg.benchmark, 256, seed=VOCAB_SEED, avoid=held_out)
-    base = build_base_model(cfg.model, cfg.benchmark, out / "base", cfg.exec.progress, vocab_rows=vocab)
+    vocab = fresh_problems(bench, 256, seed=VOCAB_SEED, avoid=held_out)
+    base = build_base_model(cfg.model, bench, out / "base", cfg.exec.progress, vocab_rows=vocab)
     for seed in cfg.seeds:
-        start = fresh_problems(cfg.benchmark, cfg.start, seed=START_SEED + seed, avoid=held_out)
+        start = fresh_problems(bench, cfg.start, seed=START_SEED + seed, avoid=held_out)
         write_jsonl(start, out / f"seed{seed}" / "start" / "data.jsonl")  # round 0 of every loop of this seed
         for loop_cfg in seed_loops(cfg, seed, base, test_path):
             loop(loop_cfg)
@@ -136,16 +147,24 @@ def seed_loops(cfg: CurationConfig, seed: int, base: Path, test_path: Path) -> l
                           sampling=cfg.sampling, exec=cfg.exec, seed=seed, score_train=False, round0=str(start),
                           name=name)
 
-    def arith(seed_base: int, iid_mix: float, near: int | None = None) -> GeneratorConfig:
-        return GeneratorConfig(kind="arith", benchmark=cfg.benchmark, near=near, iid_mix=iid_mix, seed=seed_base + seed)
+    def task(seed_base: int, iid_mix: float, near: int | None = None, kind: str = "") -> GeneratorConfig:
+        return GeneratorConfig(kind=kind or cfg.task, benchmark=cfg.benchmark, skills=cfg.skills, near=near,
+                               iid_mix=iid_mix, seed=seed_base + seed)
 
-    loops = [one(IID_STRATEGY, IID_STRATEGY, cfg.budgets, arith(RANDOM_SEED, 1.0))]
+    loops = [one(IID_STRATEGY, IID_STRATEGY, cfg.budgets, task(RANDOM_SEED, 1.0))]
     for name in cfg.strategies:
         if name != IID_STRATEGY:
-            loops.append(one(label(cfg, name), name, cfg.budgets, arith(LIKE_SEED, cfg.iid_mix, cfg.near)))
+            loops.append(one(label(cfg, name), name, cfg.budgets, task(LIKE_SEED, cfg.iid_mix, cfg.near)))
+    for name in cfg.upsample:  # the same ranking, its top examples repeated instead of new ones made like them
+        loops.append(one(f"{name}-upsample", name, cfg.budgets, task(LIKE_SEED, 0.0, kind="copy")))
     if cfg.iid_budgets:  # i.i.d. beyond the last round, for the efficiency ratios
-        loops.append(one(IID_LOOP, IID_STRATEGY, cfg.iid_budgets, arith(IID_BUDGET_SEED, 1.0)))
+        loops.append(one(IID_LOOP, IID_STRATEGY, cfg.iid_budgets, task(IID_BUDGET_SEED, 1.0)))
     return loops
+
+
+def task_settings(cfg: CurationConfig) -> Benchmark:
+    """The settings of the task cfg names (benchmark for arith, skills for skills)."""
+    return benchmark_of(cfg.task, cfg.benchmark, cfg.skills)
 
 
 def label(cfg: CurationConfig, strategy: str) -> str:
@@ -158,7 +177,9 @@ def write_results(out: Path) -> CurationResult:
     included), written as curves.csv, efficiency.csv, curves.png and report.html."""
     rounds = read_rounds(out)
     curve = curves(rounds)
-    eff = efficiency(curve)
+    eff = efficiency(curve, rounds)
+    compare = comparisons(rounds)
+    compare.to_csv(out / "comparisons.csv", index=False)
     curve.to_csv(out / "curves.csv", index=False)
     eff.to_csv(out / "efficiency.csv", index=False)
     plots.save(plots.learning_curves(curve, strategy_order(curve)), out / "curves.png")
@@ -187,7 +208,8 @@ def validate(cfg: CurationConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"out: {out} exists and is not a directory")
-    cfg.benchmark.validate("benchmark.", min_train=0)  # training problems come from the generator
+    bench = task_settings(cfg)
+    bench.validate(key_of(bench), min_train=0)  # training problems come from the generator
     cfg.model.validate("model.")
     check_recipe_train(cfg.train, "train.")
     check_int("start", cfg.start, 1)
@@ -197,6 +219,15 @@ def validate(cfg: CurationConfig) -> None:
         raise InputError(f"strategies: expected a non-empty list of strategy names, got {cfg.strategies!r}")
     for name in cfg.strategies:
         get_strategy(name)  # an unknown name fails now, not after an hour of training
+    if not isinstance(cfg.upsample, list):
+        raise InputError(f"upsample: expected a list of strategy names, got {cfg.upsample!r}")
+    for i, name in enumerate(cfg.upsample):
+        if name == IID_STRATEGY:
+            raise InputError(f"upsample[{i}]: random has no ranking to upsample by (it is i.i.d. scaling)")
+        try:
+            get_strategy(name)
+        except InputError as e:
+            raise InputError(f"upsample[{i}]: {e}") from None
     if not isinstance(cfg.seeds, list) or not cfg.seeds:
         raise InputError(f"seeds: expected a non-empty list of seeds, got {cfg.seeds!r}")
     for i, seed in enumerate(cfg.seeds):
@@ -206,6 +237,8 @@ def validate(cfg: CurationConfig) -> None:
     check_number("template_fraction", cfg.template_fraction, lambda f: 0 < f <= 1, "a fraction in (0, 1]")
     if cfg.near is not None:
         check_int("near", cfg.near, 0)
+        if cfg.task != "arith":
+            raise InputError(f"near: keeps an arith problem's numbers; the {cfg.task} task has no such option")
     check_number("iid_mix", cfg.iid_mix, lambda m: 0 <= m <= 1, "a share in [0, 1]")
     check_number("tau", cfg.tau, lambda t: True, "a finite number")
     cfg.sampling.validate("sampling.")
@@ -222,5 +255,5 @@ def _check_sizes(name: str, sizes, after: int, after_name: str, allow_empty: boo
         raise InputError(f"{name}: expected sizes growing from {after_name} ({after}), got {sizes}")
 
 
-def test_questions(cfg: ArithConfig) -> set[str]:
+def test_questions(cfg: Benchmark) -> set[str]:
     return {p["question"] for p in generate(dataclasses.replace(cfg, n_train=0))[1]}

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from premem.data import DataConfig
-from premem.data.arith import ArithConfig, write_benchmark
+from premem.data.arith import ArithConfig
+from premem.data.skills import SkillsConfig
+from premem.data.tasks import benchmark_of, key_of, write_benchmark
 from premem.errors import InputError
 from premem.execution import BackendOptions, ExecConfig, check_number
 from premem.files import atomic_path
@@ -40,8 +42,12 @@ class QuickstartConfig:
 
     out: str = "premem-quickstart"
     """Directory for everything: data/, base/, runs/, store/, predict.png, curated/, report.html."""
+    task: str = "arith"
+    """The tiny benchmark: arith (its settings under benchmark) or skills (under skills)."""
     benchmark: ArithConfig = field(default_factory=lambda: ArithConfig(n_train=256, n_test=128, max_number=20, max_operand=6))
-    """The tiny reasoning benchmark."""
+    """The tiny reasoning benchmark (task arith)."""
+    skills: SkillsConfig = field(default_factory=lambda: SkillsConfig(n_train=256, n_test=128))
+    """The skills benchmark (task skills): problem families that need different skills."""
     model: BaseModelConfig = field(default_factory=BaseModelConfig)
     """The tiny base model."""
     train: TrainConfig = field(
@@ -95,9 +101,10 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
         log.info("quickstart: %s", name)
 
     stage("benchmark")
-    train_path, test_path = write_benchmark(cfg.benchmark, out / "data")
+    bench = benchmark_of(cfg.task, cfg.benchmark, cfg.skills)
+    train_path, test_path = write_benchmark(bench, out / "data")
     stage("base model")
-    base = build_base_model(cfg.model, cfg.benchmark, out / "base", cfg.exec.progress)
+    base = build_base_model(cfg.model, bench, out / "base", cfg.exec.progress)
     stage("train")
     run_dirs = train_runs(cfg, base, train_path, out / "runs")
     stage("score")
@@ -138,7 +145,8 @@ def validate(cfg: QuickstartConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"out: {out} exists and is not a directory")
-    cfg.benchmark.validate("benchmark.", min_train=1)
+    bench = benchmark_of(cfg.task, cfg.benchmark, cfg.skills)
+    bench.validate(key_of(bench), min_train=1)
     cfg.model.validate("model.")
     check_recipe_train(cfg.train, "train.")
     check_sweep(cfg.sweep, "sweep.")

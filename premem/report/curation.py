@@ -36,7 +36,7 @@ def build_curation_report(out_dir: str | Path, path: str | Path | None = None) -
     rounds = read_rounds(out_dir)
     curve = curves(rounds)
     has_iid = (rounds["strategy"] == IID_STRATEGY).any()
-    eff = efficiency(curve) if has_iid else pd.DataFrame()
+    eff = efficiency(curve, rounds) if has_iid else pd.DataFrame()
     out = Path(path) if path is not None else out_dir / "report.html"
     page = render(out_dir, rounds, curve, eff, has_iid)
     with atomic_path(out) as tmp:  # a failed or killed build leaves no half-written report

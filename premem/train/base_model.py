@@ -16,7 +16,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from premem.data.arith import ArithConfig, generate, pretraining_texts
+from premem.data.arith import ArithConfig
+from premem.data.tasks import Benchmark, generate, pretraining_texts
 from premem.errors import InputError
 from premem.execution import check_int, check_number
 from premem.files import atomic_path
@@ -58,7 +59,7 @@ class BaseModelConfig:
         check_number(prefix + "pretrain_lr", self.pretrain_lr, lambda lr: lr > 0, "a number > 0")
 
 
-def build_base_model(cfg: BaseModelConfig, bench: ArithConfig, base: Path, progress: bool = True,
+def build_base_model(cfg: BaseModelConfig, bench: Benchmark, base: Path, progress: bool = True,
                      vocab_rows: list[dict] | None = None) -> Path:
     """The tiny model, pretrained on related text; reused while its settings are unchanged.
 
@@ -70,6 +71,8 @@ def build_base_model(cfg: BaseModelConfig, bench: ArithConfig, base: Path, progr
     base = Path(base)
     marker = base / "premem_base.json"
     settings = {"model": dataclasses.asdict(cfg), "benchmark": dataclasses.asdict(bench)}
+    if not isinstance(bench, ArithConfig):  # a skills base model is another model (arith's marker stays as it was)
+        settings["task"] = type(bench).__name__
     if vocab_rows is None:  # the default follows from the benchmark's settings, already recorded
         vocab_rows = generate(bench)[0]
     else:

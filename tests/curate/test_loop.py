@@ -18,7 +18,6 @@ from premem.curate.generators import (
     IID_SEED,
     GeneratorConfig,
     check_rows,
-    fresh_problems,
     load_callable,
     make_generator,
     make_iid,
@@ -28,6 +27,7 @@ from premem.curate.loop import LoopConfig, grow, loop
 from premem.data import DataConfig, load_example_set
 from premem.data.arith import ArithConfig, generate, structure, write_jsonl
 from premem.data.grading import get_grader
+from premem.data.tasks import fresh_problems
 from premem.errors import InputError
 from premem.store import ScoreStore
 
@@ -143,6 +143,31 @@ def test_all_iid_needs_no_ranking():
     assert [r["question"] for r in new] == [p["question"] for p in fresh_problems(BENCH, 4, 2001 + IID_SEED, set())]
 
 
+def test_the_copy_generator_upsamples_the_top_ranked_examples(tmp_path):
+    """Upsampling: the new rows are the templates again, repeats allowed (the point of it)."""
+    from premem.curate.strategies import get_strategy
+
+    rows = arith_rows(generate(BENCH)[0][:8])
+    gen = GeneratorConfig(kind="copy")
+    cfg = LoopConfig(generator=gen, template_fraction=0.25, seed=3)
+    new, made = grow(cfg, get_strategy("loss"), make_generator(gen, "gsm8k"), make_iid(gen),
+                     ranked_input(rows, tmp_path), rows, k=1, size=12, avoid={r["question"] for r in rows})
+    assert made == [7, 6, 7, 6] and new == [rows[i] for i in made]
+
+
+def test_the_skills_generator_keeps_each_templates_family_and_draws_iid_evenly():
+    from premem.data.skills import SkillsConfig, family_of
+    from premem.data.skills import generate as skills_generate
+
+    bench = SkillsConfig(n_train=0, n_test=16)
+    templates = [{"question": p["question"], "solution": p["answer"]} for p in skills_generate(bench)[1]]
+    gen = GeneratorConfig(kind="skills", skills=bench, iid_mix=0.5)
+    new = make_generator(gen, "gsm8k")(templates, seed=1, avoid=set())
+    assert [family_of(r["question"]) for r in new] == [family_of(t["question"]) for t in templates]
+    iid = make_iid(gen)(8, 1, set())
+    assert sorted(family_of(r["question"]) for r in iid) == sorted(bench.families)
+
+
 def test_iid_mix_needs_the_tasks_distribution():
     with pytest.raises(InputError, match="generator.iid_mix: i.i.d. draws need the task's own distribution"):
         GeneratorConfig(kind="python", function="m:f", iid_mix=0.5).validate()
@@ -150,7 +175,7 @@ def test_iid_mix_needs_the_tasks_distribution():
 
 
 def test_unknown_generator_and_llm_without_model():
-    with pytest.raises(InputError, match="unknown generator 'gpt'; known: arith, python, llm"):
+    with pytest.raises(InputError, match="unknown generator 'gpt'; known: arith, skills, copy, python, llm"):
         make_generator(GeneratorConfig(kind="gpt"), "gsm8k")
     with pytest.raises(InputError, match="generator.model"):
         make_generator(GeneratorConfig(kind="llm"), "gsm8k")
@@ -269,7 +294,7 @@ def test_loop_bad_settings_are_one_line_errors(tmp_path, capsys):
     ("exec.actors=0", "exec.actors: expected an integer >= 1, got 0"),
     ("generator.iid_mix=2", "generator.iid_mix: expected a share in [0, 1], got 2"),
     ("generator.seed=-1", "generator.seed: expected an integer >= 0, got -1"),
-    ("generator.kind=gpt", "generator.kind: unknown generator 'gpt'; known: arith, python, llm"),
+    ("generator.kind=gpt", "generator.kind: unknown generator 'gpt'; known: arith, skills, copy, python, llm"),
     ("generator.kind=llm generator.exec.backend=nosuch", "generator.exec.backend: unknown backend 'nosuch'"),
     ("generator.kind=llm generator.exec.options.dtype=int4", "generator.exec.options.dtype: expected one of"),
 ])

@@ -61,6 +61,18 @@ def test_one_loop_per_seed_and_strategy_from_one_start(tmp_path):
     assert (random.sizes, iid.sizes) == ([256, 512], [1024])
 
 
+def test_upsample_and_the_skills_task_make_their_own_loops(tmp_path):
+    cfg = load_config(CurationConfig, "configs/experiment/curation_skills.yaml", [f"out={tmp_path}"])
+    loops = seed_loops(cfg, 0, tmp_path / "base", tmp_path / "test.jsonl")
+    assert [c.name for c in loops] == ["random", "premem_low", "loss", "difficulty", "cartography", "s2l",
+                                       "premem_low-upsample", "iid"]
+    kinds = {c.name: c.generator.kind for c in loops}
+    assert kinds.pop("premem_low-upsample") == "copy" and set(kinds.values()) == {"skills"}
+    up = loops[6]
+    assert up.strategy == "premem_low" and up.generator.iid_mix == 0 and up.tau == cfg.tau == -1.0
+    assert all(c.generator.skills == cfg.skills for c in loops) and len(cfg.seeds) == 5
+
+
 def test_exec_from_yaml_with_the_recipe_defaults_kept(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("exec: {backend: vllm}\n")
@@ -96,6 +108,11 @@ def test_summary_is_what_the_command_prints(tmp_path):
     ("near=-1", "near: expected an integer >= 0, got -1"),
     ("iid_mix=1.5", "iid_mix: expected a share in [0, 1], got 1.5"),
     ("benchmark.n_test=0", "benchmark.n_test: expected an integer >= 1, got 0"),
+    ("task=maths", "task: unknown task 'maths'; known: arith, skills"),
+    ("task=skills skills.families=[add,mul]", "skills.families[1]: unknown family 'mul'"),
+    ("task=skills near=1", "near: keeps an arith problem's numbers; the skills task has no such option"),
+    ("upsample=[random]", "upsample[0]: random has no ranking to upsample by"),
+    ("upsample=[nosuch]", "upsample[0]: strategy 'nosuch': unknown strategy"),
     ("model.layers=0", "model.layers: expected an integer >= 1, got 0"),
     ("train.batch_size=0", "train.batch_size: expected a value at least 1, got 0"),
     ("sampling.top_p=0", "sampling.top_p: expected a number in (0, 1]"),
@@ -104,7 +121,7 @@ def test_summary_is_what_the_command_prints(tmp_path):
     ("exec.options.batch_size=0", "exec.options.batch_size: expected an integer >= 1, got 0"),
 ])
 def test_every_setting_is_checked_before_anything_is_written(tmp_path, override, message):
-    cfg = load_config(CurationConfig, None, [f"out={tmp_path / 'cur'}", override])
+    cfg = load_config(CurationConfig, None, [f"out={tmp_path / 'cur'}", *override.split()])
     with pytest.raises(InputError) as e:
         experiment(cfg)  # validate() runs first: an error here has written nothing
     assert message in str(e.value) and "\n" not in str(e.value)
