@@ -111,6 +111,8 @@ class CurationResult:
     curves: pd.DataFrame  # mean and std of test accuracy over seeds per (strategy, examples)
     efficiency: pd.DataFrame  # the data-efficiency ratios against i.i.d. scaling
     report: Path
+    comparisons: pd.DataFrame | None = None  # premem_low against every other strategy per size (paired by seed)
+    skills: tuple[pd.DataFrame, pd.DataFrame] | None = None  # premem.metrics.skill_mix.skill_tables: (mix, accuracy)
 
 
 # where the loops' new problems are drawn from: seed + these + the size a round grows to (the numbers the
@@ -134,7 +136,7 @@ def experiment(cfg: CurationConfig) -> CurationResult:
         write_jsonl(start, out / f"seed{seed}" / "start" / "data.jsonl")  # round 0 of every loop of this seed
         for loop_cfg in seed_loops(cfg, seed, base, test_path):
             loop(loop_cfg)
-    return write_results(out)
+    return write_results(out, bench)
 
 
 def seed_loops(cfg: CurationConfig, seed: int, base: Path, test_path: Path) -> list[LoopConfig]:
@@ -172,10 +174,19 @@ def label(cfg: CurationConfig, strategy: str) -> str:
     return strategy + (f"-near{cfg.near}" if cfg.near is not None else "") + (f"-mix{cfg.iid_mix:g}" if cfg.iid_mix else "")
 
 
-def write_results(out: Path) -> CurationResult:
+def write_results(out: Path, bench: Benchmark | None = None) -> CurationResult:
     """Curves and ratios from every loop's record under out (other strategies and seeds run there before
-    included), written as curves.csv, efficiency.csv, curves.png and report.html."""
+    included), written as curves.csv, efficiency.csv, comparisons.csv, curves.png and report.html; given the
+    task's settings, also what each strategy collected and taught per skill (skill_mix.csv, skill_acc.csv)."""
+    from premem.data.tasks import skill_of
+    from premem.metrics.skill_mix import skill_tables
+
     rounds = read_rounds(out)
+    skills = None
+    if bench is not None:
+        skills = skill_tables(out, lambda q, a: skill_of(bench, q, a))
+        skills[0].to_csv(out / "skill_mix.csv", index=False)
+        skills[1].to_csv(out / "skill_acc.csv", index=False)
     curve = curves(rounds)
     eff = efficiency(curve, rounds)
     compare = comparisons(rounds)
@@ -183,19 +194,42 @@ def write_results(out: Path) -> CurationResult:
     curve.to_csv(out / "curves.csv", index=False)
     eff.to_csv(out / "efficiency.csv", index=False)
     plots.save(plots.learning_curves(curve, strategy_order(curve)), out / "curves.png")
-    return CurationResult(out, rounds, curve, eff, build_curation_report(out))
+    return CurationResult(out, rounds, curve, eff, build_curation_report(out), compare, skills)
 
 
 def summary(result: CurationResult) -> str:
     """What `premem experiment curation` prints: the curves by size, the efficiency ratios, where the files are."""
     out, curve = result.out, result.curves
-    table = curve.assign(acc=[f"{m:.3f} ± {s:.3f}" for m, s in zip(curve["mean"], curve["std"].fillna(0))])
-    return "\n".join([
-        "\ntest accuracy (mean ± std over seeds) by training-set size\n",
+    table = curve.assign(acc=[f"{m:.3f} ± {s:.3f}" for m, s in zip(curve["mean"], curve["se"].fillna(0))])
+    eff = result.efficiency
+    eff = eff.assign(ratio=[f"{b}{r:.2f}" for b, r in zip(eff["bound"], eff["ratio"])],
+                     per_seed=[f"{m:.2f} ± {s:.2f}" if pd.notna(s) else f"{m:.2f}" if pd.notna(m) else "–"
+                               for m, s in zip(eff["ratio_mean"], eff["ratio_se"])])
+    lines = [
+        "\ntest accuracy (mean ± standard error over seeds) by training-set size\n",
         table.pivot(index="strategy", columns="examples", values="acc").to_string(),
-        "\ndata efficiency: i.i.d. examples needed for the same test accuracy / examples used\n",
-        result.efficiency.to_string(index=False, float_format=lambda v: f"{v:.3f}"),
-        f"\n{out / 'curves.png'}  {out / 'efficiency.csv'}  {out / 'curves.csv'}",
+        "\ndata efficiency: i.i.d. examples needed for the same test accuracy / examples used "
+        "(ratio: of the mean curves; per_seed: mean ± standard error of each seed's own ratio)\n",
+        eff[["strategy", "examples", "test_acc", "iid_examples_needed", "ratio", "per_seed"]].to_string(
+            index=False, float_format=lambda v: f"{v:.3f}"),
+    ]
+    compare = result.comparisons
+    if compare is not None and not compare.empty:
+        shown = compare.assign(diff=[f"{d:+.3f} ± {s:.3f}" for d, s in zip(compare["diff"], compare["se"].fillna(0))],
+                               ahead=compare["ahead"].map({True: "yes", False: "no"}))
+        lines += ["\npremem_low minus each strategy, test accuracy (mean ± standard error over seeds, paired by seed);"
+                  " ahead: by more than two standard errors\n", shown.to_string(index=False)]
+    if result.skills is not None and not result.skills[0].empty:
+        from premem.metrics.skill_mix import summary_tables
+
+        share, accuracy = summary_tables(*result.skills)
+        top = accuracy.index.get_level_values("examples").max()
+        lines += ["\nshare of each skill among the examples a strategy added (mean over seeds and rounds)\n",
+                  share.to_string(float_format=lambda v: f"{v:.2f}"),
+                  f"\ntest accuracy per skill at {top} examples (mean over seeds)\n",
+                  accuracy.xs(top, level="examples").to_string(float_format=lambda v: f"{v:.2f}")]
+    return "\n".join(lines + [
+        f"\n{out / 'curves.png'}  {out / 'efficiency.csv'}  {out / 'curves.csv'}  {out / 'comparisons.csv'}",
         f"records: {out}/seed<s>/<strategy>/store (curation_rounds, curation_examples)",
         f"report: {result.report}",
     ])

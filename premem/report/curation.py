@@ -4,9 +4,10 @@
 curation loops' records under out_dir alone (every <loop>/store/curation_rounds.parquet). Like the
 score-store report (premem.report.html) everything is inline: the learning curves as a base64 PNG,
 CSS in a <style> block, no scripts or links. The page: what was run (strategies, seeds, sizes); the
-learning curves with error bars of one std over seeds; mean ± std test accuracy per strategy and
-size; the data-efficiency ratio against i.i.d. scaling, the best curation strategy at each size in
-bold; every seed's rounds.
+learning curves with error bars of one std over seeds; mean ± standard error of test accuracy per
+strategy and size; the data-efficiency ratio against i.i.d. scaling (of the mean curves, and each
+seed's own, mean ± standard error), the best curation strategy at each size in bold; premem_low
+against every other strategy, paired by seed; every seed's rounds.
 
 Rounds, curves and ratios come from premem.metrics.curves, the same numbers the experiment prints
 and writes to curves.csv and efficiency.csv.
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from premem.files import atomic_path
-from premem.metrics.curves import IID_STRATEGY, curves, efficiency, read_rounds, strategy_order
+from premem.metrics.curves import IID_STRATEGY, comparisons, curves, efficiency, read_rounds, strategy_order
 from premem.report import plots
 from premem.report.page import PAGE, figure, section
 
@@ -38,7 +39,7 @@ def build_curation_report(out_dir: str | Path, path: str | Path | None = None) -
     has_iid = (rounds["strategy"] == IID_STRATEGY).any()
     eff = efficiency(curve, rounds) if has_iid else pd.DataFrame()
     out = Path(path) if path is not None else out_dir / "report.html"
-    page = render(out_dir, rounds, curve, eff, has_iid)
+    page = render(out_dir, rounds, curve, eff, has_iid, comparisons(rounds))
     with atomic_path(out) as tmp:  # a failed or killed build leaves no half-written report
         tmp.write_text(page, encoding="utf-8")
     return out
@@ -47,7 +48,8 @@ def build_curation_report(out_dir: str | Path, path: str | Path | None = None) -
 # -- the page --------------------------------------------------------------------------------
 
 
-def render(out_dir: Path, rounds: pd.DataFrame, curve: pd.DataFrame, eff: pd.DataFrame, has_iid: bool) -> str:
+def render(out_dir: Path, rounds: pd.DataFrame, curve: pd.DataFrame, eff: pd.DataFrame, has_iid: bool,
+           compare: pd.DataFrame | None = None) -> str:
     order = strategy_order(curve)  # the figure's legend order
     sections = [summary(out_dir, rounds, order)]
     one_seed = " With one seed there is no spread: no error bars." if curve["n_seeds"].max() == 1 else ""
@@ -59,6 +61,8 @@ def render(out_dir: Path, rounds: pd.DataFrame, curve: pd.DataFrame, eff: pd.Dat
         + one_seed)))
     sections.append(section("Test accuracy by training-set size", curve_table(curve, order)))
     sections.append(section("Data efficiency against i.i.d. scaling", efficiency_table(eff, order, has_iid)))
+    if compare is not None and not compare.empty:
+        sections.append(section("premem_low against each strategy", comparison_table(compare)))
     sections.append(section("Rounds, per seed", rounds_table(rounds, order)))
     page = PAGE.format(title=escape(f"premem curation experiment: {out_dir.resolve().name}"), body="\n".join(sections))
     return page.replace("</style></head>", CSS + "</style></head>", 1)  # html.py's style sheet, plus this page's
@@ -99,13 +103,13 @@ def curve_table(curve: pd.DataFrame, order: list[str]) -> str:
         cells = "".join(_acc_cell(g.loc[n]) if n in g.index else '<td class="num">–</td>' for n in sizes)
         rows.append(f"<tr><td>{escape(name)}</td>{cells}</tr>")
     return (f'<table class="grid curve"><tr>{head}</tr>{"".join(rows)}</table>\n'
-            '<p class="caption">Test accuracy, mean ± std over seeds, by training-set size; '
+            '<p class="caption">Test accuracy, mean ± standard error over seeds, by training-set size; '
             '<span class="n">n</span> is the number of seeds.</p>')
 
 
 def _acc_cell(row: pd.Series) -> str:
-    std = "" if math.isnan(row["std"]) else f" ± {row['std']:.3f}"
-    return f'<td class="num">{row["mean"]:.3f}{std} <span class="n">{int(row["n_seeds"])}</span></td>'
+    se = "" if math.isnan(row["se"]) else f" ± {row['se']:.3f}"
+    return f'<td class="num">{row["mean"]:.3f}{se} <span class="n">{int(row["n_seeds"])}</span></td>'
 
 
 def efficiency_table(eff: pd.DataFrame, order: list[str], has_iid: bool) -> str:
@@ -121,7 +125,7 @@ def efficiency_table(eff: pd.DataFrame, order: list[str], has_iid: bool) -> str:
         top = g[np.isclose(g["ratio"], g["ratio"].max())]
         best |= set(top[np.isclose(top["test_acc"], top["test_acc"].max())].index)
     head = ("<tr><th>strategy</th><th>examples</th><th>test accuracy</th><th>i.i.d. examples needed</th>"
-            "<th>ratio</th></tr>")
+            "<th>ratio</th><th>per seed</th></tr>")
     rows = []
     for i, r in eff.iterrows():
         b = r["bound"]
@@ -130,12 +134,36 @@ def efficiency_table(eff: pd.DataFrame, order: list[str], has_iid: bool) -> str:
         cls = ' class="best"' if i in best else (' class="iid"' if r["strategy"] == "random" else "")
         rows.append(f"<tr{cls}><td>{escape(r['strategy'])}</td><td class=\"num\">{int(r['examples'])}</td>"
                     f'<td class="num">{r["test_acc"]:.3f}</td><td class="num">{escape(needed)}</td>'
-                    f'<td class="num ratio">{escape(ratio)}</td></tr>')
+                    f'<td class="num ratio">{escape(ratio)}</td><td class="num">{_per_seed(r)}</td></tr>')
     return (f'<table class="grid efficiency">{head}{"".join(rows)}</table>\n'
             '<p class="caption">i.i.d. examples needed: where the i.i.d. curve (its running best, interpolated in log '
             "examples) first reaches the strategy's mean test accuracy; ratio = needed / examples. "
             "&gt; marks a lower bound: the strategy beat the largest i.i.d. size. "
-            "<b>Bold</b>: the best curation strategy at that size. i.i.d. rows (grey) are the reference.</p>")
+            "<b>Bold</b>: the best curation strategy at that size. i.i.d. rows (grey) are the reference. "
+            "Per seed: each seed's accuracy read off its own seed's i.i.d. curve, mean ± standard error.</p>")
+
+
+def _per_seed(r: pd.Series) -> str:
+    mean, se = r.get("ratio_mean", float("nan")), r.get("ratio_se", float("nan"))
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.2f}" + ("" if pd.isna(se) else f" ± {se:.2f}")
+
+
+def comparison_table(compare: pd.DataFrame) -> str:
+    """premem_low minus each strategy per size, paired by seed, and whether it is ahead by more than 2 SE."""
+    head = "<tr><th>examples</th><th>strategy</th><th>premem_low minus it</th><th>seeds</th><th>ahead</th></tr>"
+    rows = []
+    for r in compare.itertuples():
+        se = "" if pd.isna(r.se) else f" ± {r.se:.3f}"
+        cls = ' class="best"' if r.ahead else ""
+        rows.append(f'<tr{cls}><td class="num">{int(r.examples)}</td><td>{escape(r.strategy)}</td>'
+                    f'<td class="num">{r.diff:+.3f}{se}</td><td class="num">{int(r.n_seeds)}</td>'
+                    f'<td>{"yes" if r.ahead else "no"}</td></tr>')
+    return (f'<table class="grid compare">{head}{"".join(rows)}</table>\n'
+            '<p class="caption">Test accuracy of premem_low minus the strategy\'s, mean ± standard error over seeds, '
+            "paired by seed (a seed's strategies share their start data and test set). Ahead: the mean difference "
+            "is more than two standard errors.</p>")
 
 
 def rounds_table(rounds: pd.DataFrame, order: list[str]) -> str:
@@ -163,7 +191,7 @@ def _sizes(sizes) -> str:
 
 
 CSS = (
-    "table.efficiency tr.best td { font-weight: 700; background: #eaf5e6; }\n"
+    "table.efficiency tr.best td, table.compare tr.best td { font-weight: 700; background: #eaf5e6; }\n"
     "table.efficiency tr.iid td { color: #777; }\n"
     "table.grid th.num { text-align: right; }\n"
     "span.n { color: #999; font-size: 0.8em; margin-left: 0.3em; }\n"

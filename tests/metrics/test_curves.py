@@ -4,7 +4,9 @@ import pandas as pd
 import pytest
 
 from premem.errors import InputError
-from premem.metrics.curves import curves, efficiency, read_rounds, rounds
+import numpy as np
+
+from premem.metrics.curves import comparisons, curves, efficiency, read_rounds, rounds, seed_ratios
 from premem.store import ScoreStore
 
 
@@ -29,6 +31,32 @@ def test_efficiency_reads_the_iid_curve_in_log_examples():
     mid = efficiency(pd.concat([c, pd.DataFrame([{"strategy": "x", "examples": 100, "mean": 0.15, "std": 0, "n_seeds": 1}])]))
     assert mid.set_index("strategy").loc["x", "iid_examples_needed"] == pytest.approx((64 * 128) ** 0.5)
     assert e.loc[("premem_low", 256), "bound"] == ">"  # beyond the i.i.d. curve: a lower bound only
+
+
+def test_standard_errors_per_seed_ratios_and_paired_comparisons():
+    # three seeds; i.i.d. 0.1 / 0.2 / 0.3 at 64 / 128 / 256 on every seed; premem_low at 128 is 0.25, 0.3, 0.35
+    # (the i.i.d. 0.2 shifted by seed noise shared with loss: loss is premem_low - 0.1 + a small seed wobble)
+    low, loss = [0.25, 0.3, 0.35], [0.16, 0.2, 0.24]
+    rows = [(s, "random", r, n, a) for s in range(3) for r, n, a in ((0, 64, 0.1), (1, 128, 0.2), (-1, 256, 0.3))]
+    rows += [(s, "premem_low", 1, 128, low[s]) for s in range(3)] + [(s, "loss", 1, 128, loss[s]) for s in range(3)]
+    table = pd.DataFrame(rows, columns=["seed", "strategy", "round", "examples", "test_acc"])
+    c = curves(table).set_index(["strategy", "examples"])
+    assert c.loc[("premem_low", 128), "se"] == pytest.approx(np.std(low, ddof=1) / np.sqrt(3))
+    # each seed's ratio from its own i.i.d. curve: 0.25 -> 128 * 2^0.5, 0.3 -> 256, 0.35 -> beyond (capped at 256)
+    r = seed_ratios(table).set_index(["strategy", "seed"]).loc["premem_low", "ratio"]
+    assert r.tolist() == pytest.approx([2 ** 0.5, 2.0, 2.0])
+    e = efficiency(curves(table), table).set_index(["strategy", "examples"])
+    assert e.loc[("premem_low", 128), "ratio_mean"] == pytest.approx(np.mean(r))
+    assert e.loc[("premem_low", 128), "ratio_se"] == pytest.approx(np.std(r, ddof=1) / np.sqrt(3))
+    # paired by seed: premem_low - loss is 0.09, 0.10, 0.11: ahead by far more than 2 SE, though the unpaired
+    # spreads overlap; premem_low - random is 0.05, 0.10, 0.15: mean 0.10, SE 0.029, ahead too
+    cmp = comparisons(table).set_index(["examples", "strategy"])
+    assert cmp.loc[(128, "loss"), "diff"] == pytest.approx(0.10) and cmp.loc[(128, "loss"), "ahead"]
+    assert cmp.loc[(128, "random"), "se"] == pytest.approx(0.05 / np.sqrt(3)) and cmp.loc[(128, "random"), "ahead"]
+    assert 256 not in cmp.index.get_level_values("examples")  # i.i.d.-only sizes have nothing to pair with
+    # a strategy behind by less than two standard errors is not "ahead"
+    close = table.assign(test_acc=np.where(table["strategy"].eq("loss"), table["test_acc"] + 0.1, table["test_acc"]))
+    assert not comparisons(close).set_index(["examples", "strategy"]).loc[(128, "loss"), "ahead"]
 
 
 def record(seed: int, loop: str, accs: list[tuple[int, float]]) -> pd.DataFrame:

@@ -8,6 +8,7 @@ import pytest
 
 from premem.config import load_config
 from premem.curate.loop import LoopConfig
+from premem.data.arith import structure
 from premem.errors import InputError
 from premem.metrics.curves import curves, efficiency
 from premem.recipes.curation import CurationConfig, CurationResult, experiment, seed_loops, summary
@@ -40,6 +41,19 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert runs[0] == str(out / "seed0" / "start" / "run") and not (out / "seed0" / "random" / "round0").exists()
     again = experiment(cfg)  # everything reused: same table
     pd.testing.assert_frame_equal(again.rounds, rounds)
+    # per skill (arith: the operations in order): what each round added, and test accuracy at its end
+    mix, acc = result.skills
+    assert set(mix["strategy"]) == {"random", "premem_low"} and set(mix["round"]) == {1, -1}
+    assert mix.groupby(["strategy", "round"])["share"].sum().round(9).eq(1).all()
+    low = mix[mix["strategy"] == "premem_low"].set_index("skill")["share"]
+    added = pd.read_json(out / "seed0" / "premem_low" / "round1" / "data.jsonl", lines=True).iloc[12:]
+    assert low.to_dict() == pytest.approx(added["answer"].map(structure).value_counts(normalize=True).to_dict())
+    test = pd.read_json(out / "data" / "test.jsonl", lines=True)
+    end = acc[(acc["strategy"] == "random") & (acc["examples"] == 36)]
+    n = test["answer"].map(structure).value_counts()
+    assert (end.set_index("skill")["test_acc"] * n).sum() / n.sum() == pytest.approx(
+        rounds.query("strategy == 'random' and examples == 36")["test_acc"].item())
+    assert (out / "skill_mix.csv").is_file() and "share of each skill" in summary(result)
 
     # half of each round's new problems i.i.d.: a strategy of its own, added to the table beside the others
     mixed = experiment(dataclasses.replace(cfg, strategies=["premem_low"], iid_budgets=[], iid_mix=0.5))
@@ -89,7 +103,7 @@ def test_summary_is_what_the_command_prints(tmp_path):
     c = curves(table)
     text = summary(CurationResult(tmp_path, table, c, efficiency(c), tmp_path / "report.html"))
     lines = text.split("\n")
-    assert lines[:3] == ["", "test accuracy (mean ± std over seeds) by training-set size", ""]
+    assert lines[:3] == ["", "test accuracy (mean ± standard error over seeds) by training-set size", ""]
     assert "0.300 ± 0.000" in text and lines[-1] == f"report: {tmp_path / 'report.html'}"
     assert "data efficiency: i.i.d. examples needed for the same test accuracy / examples used" in text
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from premem.errors import InputError
-from premem.metrics.curves import IID_LOOP, curves, efficiency
+from premem.metrics.curves import IID_LOOP, comparisons, curves, efficiency
 from premem.report.curation import build_curation_report
 from premem.store import ScoreStore
 from tests.report.test_report import Opened, assert_self_contained, browser, check_page  # noqa: F401 (browser: fixture)
@@ -68,14 +68,16 @@ def test_report_in_chromium(browser, tmp_path):  # noqa: F811
     curve = curves(rounds)
     cells = opened.page.locator("table.curve").inner_text()
     for r in curve.itertuples():
-        assert f"{r.mean:.3f} ± {r.std:.3f} {r.n_seeds}" in cells, r
+        assert f"{r.mean:.3f} ± {r.se:.3f} {r.n_seeds}" in cells, r
 
-    eff = efficiency(curve)
+    eff = efficiency(curve, rounds)
     assert (eff["bound"] == ">").any() and eff.loc[eff["bound"] == ">", "strategy"].tolist() == ["premem_low"]
     rows = opened.page.locator("table.efficiency tr")
     shown = {}
     for i in range(1, rows.count()):
-        strategy, examples, acc, needed, ratio = rows.nth(i).inner_text().split("\t")
+        strategy, examples, acc, needed, ratio, per_seed = rows.nth(i).inner_text().split("\t")
+        r = eff[(eff["strategy"] == strategy) & (eff["examples"] == int(examples))].iloc[0]
+        assert per_seed == f"{r.ratio_mean:.2f} ± {r.ratio_se:.2f}"
         bold = rows.nth(i).locator("td").first.evaluate("td => getComputedStyle(td).fontWeight")
         shown[(strategy, int(examples))] = (acc, needed, ratio, int(bold) >= 700)
     assert len(shown) == len(eff)
@@ -88,6 +90,13 @@ def test_report_in_chromium(browser, tmp_path):  # noqa: F811
     cur = eff[eff["strategy"] != "random"].sort_values(["ratio", "test_acc"])
     best = set(cur.groupby("examples").tail(1)[["strategy", "examples"]].itertuples(index=False, name=None))
     assert {k for k, v in shown.items() if v[3]} == best
+
+    compare = opened.page.locator("table.compare tr")
+    expected = comparisons(rounds)
+    assert compare.count() == 1 + len(expected)
+    for i, r in enumerate(expected.itertuples(), start=1):
+        assert compare.nth(i).inner_text().split("\t") == [
+            str(r.examples), r.strategy, f"{r.diff:+.3f} ± {r.se:.3f}", "3", "yes" if r.ahead else "no"]
 
     per_seed = opened.page.locator("table.rounds tr")
     assert per_seed.count() == 1 + 3 * len(SKILL)
