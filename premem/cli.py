@@ -88,6 +88,9 @@ VERBS: dict[str, Verb] = {
         "learning dynamics: probe SFT, off-policy DPO and the extend recipe on every checkpoint; flag squeezing",
         "premem.recipes.probes:experiment", "premem.recipes.probes:summary", "premem.recipes.probes:ProbesConfig", JOB,
         outs=(Out("out"),), example="seeds=[0] dpo_from=[1]"),
+    "experiment robustness": Verb(
+        "per-example robustness under perturbed prompts, against premem", "premem.recipes.robustness:experiment",
+        "premem.recipes.robustness:summary", "premem.recipes.robustness:RobustnessConfig", JOB, outs=(Out("out"),)),
     "quickstart": Verb(
         "the whole story on a CPU in minutes: benchmark, train, score, predict, curate, report (a re-run reuses work)",
         "premem.recipes.quickstart:quickstart", "premem.recipes.quickstart:summary",

@@ -12,6 +12,11 @@ Further tables, written by `premem score`, keep what regrading and resuming need
     samples.parquet       run x step x split x example x sample: text, n_tokens, answers, grades
     datasets.parquet      one row per split: the data a store was scored on (fingerprint, ids)
 
+With `premem score perturbations=[...]` (the robustness probe, premem.sampling.perturb), also:
+
+    robustness_scores.parquet   run x step x train example x perturbation: n_samples, n_correct, n_unparsed
+    robustness_samples.parquet  the same x sample: text, n_tokens, answers, grades
+
 Each table's columns and checks are in premem.tables.
 
 An unsampled pair (memorization-aware sampling, `premem score sample=exact|final`) keeps its

@@ -70,6 +70,17 @@ TABLES: dict[str, TableSpec] = {
         ("run", "step", "probe_id", "type"), ints=("step", "probe_id", "n_tokens"),
         reals=("sum_logprob", "mean_logprob"), strs=("run", "type"), nullable_strs=("text",),
     ),
+    # premem score perturbations=[...] (premem.sampling.perturb): k graded samples per training query whose prompt
+    # is followed by each perturbation, at every checkpoint (Kang et al.'s per-example robustness), and the samples
+    "robustness_scores": TableSpec(SCORE_KEY + ("perturbation",), ints=SCORE_INTS, counts=True,
+                                   strs=("run", "perturbation")),
+    "robustness_samples": TableSpec(
+        ("run", "step", "example_id", "perturbation", "sample"),
+        ints=("step", "example_id", "sample", "n_tokens"),
+        strs=("run", "perturbation", "text"),
+        nullable_strs=("answer_strict", "answer_flexible"),
+        bools=("correct_strict", "correct_flexible"),
+    ),
 }
 
 

@@ -13,6 +13,9 @@ Memorization-aware sampling (`sample`, premem.sampling.skipping): a training pai
 accuracy the pre-memorization formula never reads is not sampled, only its perplexity measured;
 a shard's train tasks then run in step order, each released when the one before it is written.
 
+The robustness probe (`perturbations`, premem.sampling.perturb): each training prompt followed by each
+perturbation, k samples per query per checkpoint, graded into robustness_scores as tasks of their own.
+
 Everything that can be wrong with the input is checked before anything is written or the
 first actor starts: every setting (ScoreConfig.validate), no checkpoints, a checkpoint whose
 tokenizer differs, a prompt longer than the model's context, data whose ids changed since the
@@ -39,6 +42,8 @@ from premem.models import load_config
 from premem.runs import RUN_COLUMNS, RUN_INFO, Checkpoint, find_checkpoints, read_run_info
 from premem.sampling.backend import SamplingParams, check_int, check_number
 from premem.sampling.encoding import Encoded, check_tokenizers, context_length, encode
+from premem.sampling import perturb
+from premem.sampling.perturb import check_perturbations
 from premem.sampling.skipping import LOWEST_AUTO_TAU, SAMPLE_MODES, Chains, plan_skipping, records_sampling
 from premem.store import ScoreStore
 
@@ -83,6 +88,10 @@ class ScoreConfig:
     sample_tau: float | None = None
     """The lowest tau you will analyse with (memorized: log(log(ppl)) < tau): skips are exact at it and any
     higher tau, and predict / curate refuse a lower one (default: the low end of the tau=auto grid, -4)."""
+    perturbations: list[str] = field(default_factory=list)
+    """The robustness probe (Kang et al.): texts appended to every training prompt, e.g. [" First", " We know that"]
+    (the paper's, after "Answer:"); each checkpoint then also samples k answers to each training query per
+    perturbation, the model continuing after it, graded into robustness_scores (default: none)."""
     exec: ExecConfig = field(default_factory=ExecConfig)
     """How the work runs: backend, its options, Ray actors and cluster, progress bar."""
 
@@ -103,6 +112,7 @@ class ScoreConfig:
             raise InputError(f"sample: expected exact, final or all, got {self.sample!r}")
         if self.sample_tau is not None:
             check_number("sample_tau", self.sample_tau, lambda t: True, "a number")
+        check_perturbations(self.perturbations, self.train_examples)
         self.sampling.validate()
         self.exec.validate()
 
@@ -171,11 +181,14 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
         encoded["train"] = only_trained(encoded["train"], meta["train_example_ids"], cfg.run, data["train"].path)
     stop = cfg.sampling.stop if cfg.sampling.stop is not None else template.stop
     params = SamplingParams(**{**cfg.sampling.__dict__, "stop": list(stop)})
+    perturbed = perturb.encode_perturbed(encoded["train"], template, tokenizer, context, cfg.sampling,
+                                         cfg.perturbations, data["train"].path) if cfg.perturbations else {}
 
     existing = ScoreStore(cfg.store) if Path(cfg.store).is_dir() else None
     if existing is not None:
         check_data_unchanged(existing, data)
     scored = {split: stored_keys(existing, score_table(split)) if existing else set() for split in data}
+    scored[perturb.SPLIT] = perturb.stored_keys(existing) if perturbed else set()
     # vLLM's merged LoRA / GGUF copies: only under the directories the user named. The tasks carry it, so that
     # actors kept from an earlier job (another store) serve this one too
     cache_dir = options.cache_dir or str(Path(cfg.store).resolve() / "cache")
@@ -185,6 +198,9 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     tasks = [replace(t, cache_dir=cache_dir, grader=data[split].grader,
                      golds=[answers[split][e] for e in t.example_ids], count=cfg.count)
              for c in checkpoints for split in data for t in make_tasks(c, split, encoded[split], params, cfg.shard_size)]
+    if perturbed:  # the robustness probe: every training query under every perturbation
+        tasks += perturb.perturbed_tasks(checkpoints, perturbed, params, cfg.shard_size, cache_dir=cache_dir,
+                                         grader=data["train"].grader, count=cfg.count)
     todo = [t for t in tasks if not task_done(t, scored)]
     chains = plan_skipping(cfg, existing, run, checkpoints, todo)
     log.info("%s: %d checkpoints, %d tasks, %d already done", run, len(checkpoints), len(tasks), len(tasks) - len(todo))
@@ -217,7 +233,7 @@ def write_scores(cfg: ScoreConfig, run: str, meta: dict, checkpoints, data, task
     def on_result(result) -> list:
         nonlocal tokens
         split, samples, scores = result.task.split, result.samples, result.scores  # graded by the actor
-        store.write_part("samples", result.task.part, samples)  # first: the scores part marks the task done
+        store.write_part(samples_table(split), result.task.part, samples)  # first: the scores part marks it done
         store.write_part(score_table(split), result.task.part, scores)
         tokens += int(samples["n_tokens"].sum())
         unsampled = int(scores["n_samples"].eq(0).sum())
@@ -236,7 +252,7 @@ def write_scores(cfg: ScoreConfig, run: str, meta: dict, checkpoints, data, task
         first = todo if chains is None else [t for t in todo if t.split != "train"] + chains.first()
         retries = run_tasks(actors, first, on_result)
     bar.close()
-    for table in ("samples", "train_scores", "test_scores"):
+    for table in ("samples", "train_scores", "test_scores", *perturb.TABLES):
         store.compact(table)
     return ScoreSummary(
         run, [c.step for c in checkpoints], len(tasks), len(todo), len(tasks) - len(todo), retries, tokens,
@@ -295,7 +311,11 @@ def only_trained(enc: Encoded, ids: list[int], run_dir, data_path: str) -> Encod
 
 
 def score_table(split: str) -> str:
-    return f"{split}_scores"
+    return f"{split}_scores"  # perturb.SPLIT's: robustness_scores
+
+
+def samples_table(split: str) -> str:
+    return perturb.SAMPLES if split == perturb.SPLIT else "samples"
 
 
 def stored_keys(store: ScoreStore, table: str) -> set[tuple[str, int, int]]:
@@ -308,6 +328,8 @@ def stored_keys(store: ScoreStore, table: str) -> set[tuple[str, int, int]]:
 
 def task_done(task, scored: dict[str, set]) -> bool:
     """A task is done when all its score rows are stored (its samples are written before them)."""
+    if task.split == perturb.SPLIT:
+        return perturb.done(task, scored[task.split])
     c = task.checkpoint
     return all((c.run, c.step, e) in scored[task.split] for e in task.example_ids)
 

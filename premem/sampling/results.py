@@ -28,7 +28,19 @@ def result_tables(task, completions, targets, grader) -> tuple[pd.DataFrame, pd.
         columns=SAMPLE_COLUMNS,
     )
     skipped = task.skip.reasons([tl.perplexity for tl in targets]) if task.skip is not None else None
-    return samples, scores_from_samples(samples, task.count, targets, task.example_ids, skipped, (c.run, c.step))
+    scores = scores_from_samples(samples, task.count, targets, task.example_ids, skipped, (c.run, c.step))
+    perturbation = getattr(task, "perturbation", None)  # the robustness probe's tasks (premem.sampling.perturb)
+    return (samples, scores) if perturbation is None else with_perturbation(samples, scores, perturbation)
+
+
+def with_perturbation(samples: pd.DataFrame, scores: pd.DataFrame, perturbation: str
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A perturbed task's rows as robustness_samples and robustness_scores hold them: keyed by the perturbation
+    instead of the split (every one is a training query)."""
+    samples = samples.drop(columns="split")
+    samples.insert(3, "perturbation", perturbation)
+    scores.insert(3, "perturbation", perturbation)
+    return samples, scores
 
 
 def scores_from_samples(samples: pd.DataFrame, count: str, targets=None, example_ids=None, skipped=None,
