@@ -103,6 +103,7 @@ VERBS: dict[str, Verb] = {
             flag("--store", help="score store directory (runs/train_scores/test_scores.parquet)", required=True),
             flag("--tau", help=TAU, type=tau_type), flag("--json", help="print one JSON object", action="store_true"),
             flag("--compact", help="with --json: on one line", action="store_true"),
+            flag("--detector", help=commands.DETECT, choices=commands.DETECTORS, default="tau"),
             flag("--plot", help="write a predicted-vs-actual scatter plot (.png, .svg, .pdf)", metavar="FILE"),
             flag("--save-fit", help="save the fit, its 90%% band and the band's coverage as JSON", metavar="FILE"),
             flag("--fit", help="predict every run from a saved fit, with its band (test scores not needed)",

@@ -16,6 +16,12 @@ from typing import Any
 from premem.errors import InputError
 
 
+# premem predict --detector: premem.metrics.detectors.DETECTORS, named here so --help imports no pandas
+DETECTORS = ["tau", "soft", "relative", "gmm"]
+DETECT = ("how a pair counts as memorized: tau (the step at --tau; the default), or a detector with no hand-set "
+          "threshold, its parameters chosen by nested leave-one-run-out (premem.metrics.detectors)")
+
+
 def lib(spec: str) -> Any:
     """`module:name`, imported now."""
     module, _, name = spec.partition(":")
@@ -36,6 +42,12 @@ def tau_type(value: str) -> float | str:
 def predict(args: argparse.Namespace, _) -> Any:
     """`premem predict`: the fit on a store, its scatter plot when --plot names a file, the fit saved with
     --save-fit; or, with --fit, every run of the store predicted from a saved fit (premem.metrics.calibration)."""
+    if args.detector != "tau":  # premem.metrics.detectors: no tau to set, plot or save a fit at
+        used = [f for f, v in (("--tau", args.tau), ("--plot", args.plot), ("--save-fit", args.save_fit),
+                               ("--fit", args.fit)) if v is not None]
+        if used:
+            raise InputError(f"{used[0]}: not with --detector {args.detector}, which sets no tau (use --detector tau)")
+        return lib("premem.metrics.detectors:predict_with")(args.store, args.detector)
     if args.fit:
         used = [f for f, v in (("--tau", args.tau), ("--plot", args.plot), ("--save-fit", args.save_fit)) if v]
         if used:
@@ -67,7 +79,8 @@ def show_predict(result: Any, args: argparse.Namespace, _) -> str:
         return json.dumps(out, indent=None if args.compact else 1)
     if args.fit:
         return lib("premem.metrics.calibration:forecast_summary")(result)
-    text = lib("premem.metrics.predict:summary")(result) + (f"\n\nplot: {args.plot}" if args.plot else "")
+    module = "detectors" if getattr(args, "detector", "tau") != "tau" else "predict"
+    text = lib(f"premem.metrics.{module}:summary")(result) + (f"\n\nplot: {args.plot}" if args.plot else "")
     if args.save_fit:
         fit = lib("premem.metrics.calibration:load_fit")(args.save_fit)  # as written: the file reads back
         text += f"\n\nfit saved: {args.save_fit}\n" + lib("premem.metrics.calibration:fit_summary")(fit)

@@ -113,6 +113,11 @@ class Prediction:
         """How tau was set, as the printed header says it."""
         return TAU_MODES[self.tau_mode]
 
+    @property
+    def rule(self) -> str:
+        """How memorization was decided, as the table's header says it (premem.metrics.detectors says its own)."""
+        return f"tau = {self.tau:g} ({self.tau_how}; memorized when log(log(ppl)) < tau)"
+
     def to_dict(self) -> dict:
         pts = self.points.astype(object).where(self.points.notna(), None)
         return {
@@ -312,8 +317,7 @@ def fit_table(pred: Prediction) -> str:
 
     w1, w2 = (9, 9) if pred.r2_note else (7, 8)  # room for "undefined"; the usual table keeps its layout
     lines = [
-        f"{pred.n_runs} runs, {pred.n_points} checkpoints with test scores; "
-        f"tau = {pred.tau:g} ({pred.tau_how}; memorized when log(log(ppl)) < tau)",
+        f"{pred.n_runs} runs, {pred.n_points} checkpoints with test scores; {pred.rule}",
         f"test_acc ~ {pred.slope:.3f} * premem + {pred.intercept:.3f}",
         "",
         f"{'predictor':<34} {'R2':>{w1}} {'LORO R2':>{w2}} {'MAE':>7} {'LORO MAE':>9}",
