@@ -242,6 +242,13 @@ def predict(curves: TrainingCurves | ScoreStore | str | Path, tau: float | str |
     runs = any_points["run"].to_numpy()[scored]
     y = any_points["test_acc"].to_numpy(dtype=float)[scored]
     premem_x = {t: p["premem"].to_numpy(dtype=float)[scored] for t, p in points_by_tau.items()}
+    for t, x in premem_x.items():  # sample=final can leave every pair of a checkpoint undefined: no figure to fit
+        if np.isnan(x).any():
+            bad = any_points[scored].iloc[int(np.argmax(np.isnan(x)))]
+            raise InputError(f"tau {t:g}: run {bad['run']!r} step {int(bad['step'])} has no pair whose "
+                             "pre-memorization accuracy is defined (its store was scored with sample=final, which "
+                             "skips memorized pairs before the last checkpoint); score it with sample=exact to "
+                             "predict from every checkpoint")
 
     tau_per_run: dict[str, float] = {}
     if auto:

@@ -120,6 +120,11 @@ def test_final_skips_leave_premem_undefined_not_wrong_and_are_noted():
     part_train, part_runs = skipped_as_premem_score_would(train, runs, tau=SAMPLE_TAU, mode="final")
     with pytest.raises(InputError, match=r"^detector soft: run 'run\d' step 20 has no pair whose pre-memorization"):
         predict_with(curves_of(part_runs, part_train, test), "soft")
+    # and the same for the tau rule itself (premem predict without --detector), which sklearn refused on NaN before
+    with pytest.raises(InputError, match=r"^tau -?[\d.]+: run 'run\d' step 20 has no pair whose pre-memorization"):
+        predict(curves_of(part_runs, part_train, test), SAMPLE_TAU)
+    with pytest.raises(InputError, match=r"run 'run\d' step 20 has no pair whose pre-memorization"):
+        predict(curves_of(part_runs, part_train, test), "auto")
 
 
 def test_predict_with_needs_three_scored_runs_and_a_known_detector():
