@@ -223,7 +223,8 @@ def summary(result: CurationResult) -> str:
         from premem.metrics.skill_mix import summary_tables
 
         share, accuracy = summary_tables(*result.skills)
-        top = accuracy.index.get_level_values("examples").max()
+        curated = result.rounds.loc[result.rounds["round"] > 0, "examples"]  # the largest size the strategies reach
+        top = int(curated.max()) if len(curated) else accuracy.index.get_level_values("examples").max()
         lines += ["\nshare of each skill among the examples a strategy added (mean over seeds and rounds)\n",
                   share.to_string(float_format=lambda v: f"{v:.2f}"),
                   f"\ntest accuracy per skill at {top} examples (mean over seeds)\n",
