@@ -194,24 +194,30 @@ class PremLow:
     """Pre-memorization accuracy below which an example is in the low region."""
     mode: str = "select"
     """select (a subset of `budget` examples) or upsample (all examples plus `budget` extra copies)."""
+    factor: float | None = None
+    """None: memorized when log(log(ppl)) < tau. A number: memorized once an example's log(ppl) falls below factor
+    times its own log(ppl) at its run's first checkpoint (the relative detector, premem predict --detector)."""
 
     def __post_init__(self):
         _one_of(self.mode, ("select", "upsample"), "strategy premem_low mode")
         if not 0 <= self.threshold <= 1:
             raise InputError(f"strategy premem_low threshold: expected a number in [0, 1], got {self.threshold!r}")
+        if self.factor is not None and not 0 < self.factor < 1:
+            raise InputError(f"strategy premem_low factor: expected a number in (0, 1), got {self.factor!r}")
 
     def select(self, inp: CurationInput, budget: int, seed: int) -> Selection:
         from premem.curate.select import example_scores
 
-        if inp.tau is None:
+        if inp.tau is None and self.factor is None:
             raise InputError("strategy premem_low: needs tau, the memorization threshold")
-        s = example_scores(inp.curves(), inp.tau).set_index("example_id").reindex(inp.ids)
+        s = example_scores(inp.curves(), inp.tau, self.factor).set_index("example_id").reindex(inp.ids)
         ids, premem = inp.ids, s["premem"].to_numpy(dtype=float)
         order = ranked(ids, premem, seed)
         low = premem < self.threshold
         n_low = int(low.sum())
         extra = {"train_acc": s["train_acc"].to_numpy(dtype=float), "memorized": s["memorized"].to_numpy(dtype=float)}
-        meaning = f"pre-memorization accuracy (last checkpoint, mean over runs, tau={inp.tau:g})"
+        rule = f"tau={inp.tau:g}" if self.factor is None else f"relative detector, factor {self.factor:g}"
+        meaning = f"pre-memorization accuracy (last checkpoint, mean over runs, {rule})"
         info = {"n_low": n_low, "threshold": self.threshold}
         if self.mode == "select":
             info["n_filled_above_threshold"] = max(0, budget - n_low)

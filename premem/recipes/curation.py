@@ -29,6 +29,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -78,6 +79,9 @@ class CurationConfig:
     """Extra i.i.d. sizes beyond the rounds, so the i.i.d. curve reaches the accuracies strategies reach."""
     strategies: list[str] = field(default_factory=lambda: ["random", "premem_low", "loss", "difficulty", "cartography", "s2l"])
     """Strategies to compare (random is i.i.d. scaling and is always run)."""
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Further loops, each a strategy with parameters under a label of its own: {label: {strategy: name,
+    params: {...}}}, e.g. {premem_low-rel0.15: {strategy: premem_low, params: {factor: 0.15}}}."""
     upsample: list[str] = field(default_factory=list)
     """Strategies also run in upsample mode: each round adds copies of the top-ranked examples instead of new
     problems like them (labelled <strategy>-upsample; Kang et al. compare both)."""
@@ -141,9 +145,9 @@ def experiment(cfg: CurationConfig) -> CurationResult:
 
 def seed_loops(cfg: CurationConfig, seed: int, base: Path, test_path: Path) -> list[LoopConfig]:
     """The loops of one seed: i.i.d. scaling (random) first, then each strategy, then the i.i.d.-only sizes."""
-    def one(name: str, strategy: str, sizes: list[int], generator: GeneratorConfig) -> LoopConfig:
+    def one(name: str, strategy: str, sizes: list[int], generator: GeneratorConfig, params=None) -> LoopConfig:
         start = Path(cfg.out) / f"seed{seed}" / "start"
-        return LoopConfig(out=str(Path(cfg.out) / f"seed{seed}" / name), data=DataConfig(path=str(start / "data.jsonl")),
+        return LoopConfig(params=dict(params or {}), out=str(Path(cfg.out) / f"seed{seed}" / name), data=DataConfig(path=str(start / "data.jsonl")),
                           test=DataConfig(path=str(test_path)), model=str(base), train=cfg.train, sizes=list(sizes),
                           strategy=strategy, tau=cfg.tau, template_fraction=cfg.template_fraction, generator=generator,
                           sampling=cfg.sampling, exec=cfg.exec, seed=seed, score_train=False, round0=str(start),
@@ -157,6 +161,8 @@ def seed_loops(cfg: CurationConfig, seed: int, base: Path, test_path: Path) -> l
     for name in cfg.strategies:
         if name != IID_STRATEGY:
             loops.append(one(label(cfg, name), name, cfg.budgets, task(LIKE_SEED, cfg.iid_mix, cfg.near)))
+    for name, v in cfg.variants.items():
+        loops.append(one(name, v["strategy"], cfg.budgets, task(LIKE_SEED, cfg.iid_mix, cfg.near), v.get("params")))
     for name in cfg.upsample:  # the same ranking, its top examples repeated instead of new ones made like them
         loops.append(one(f"{name}-upsample", name, cfg.budgets, task(LIKE_SEED, 0.0, kind="copy")))
     if cfg.iid_budgets:  # i.i.d. beyond the last round, for the efficiency ratios
@@ -254,6 +260,17 @@ def validate(cfg: CurationConfig) -> None:
         raise InputError(f"strategies: expected a non-empty list of strategy names, got {cfg.strategies!r}")
     for name in cfg.strategies:
         get_strategy(name)  # an unknown name fails now, not after an hour of training
+    if not isinstance(cfg.variants, dict):
+        raise InputError(f"variants: expected a mapping label -> {{strategy, params}}, got {cfg.variants!r}")
+    for name, v in cfg.variants.items():
+        if not isinstance(v, dict) or set(v) - {"strategy", "params"} or not isinstance(v.get("strategy"), str):
+            raise InputError(f"variants.{name}: expected {{strategy: name, params: {{...}}}}, got {v!r}")
+        if name in cfg.strategies or name == IID_LOOP:
+            raise InputError(f"variants.{name}: the label is already a strategy's loop; give the variant its own")
+        try:
+            get_strategy(v["strategy"], v.get("params") or {})
+        except InputError as e:
+            raise InputError(f"variants.{name}: {e}") from None
     if not isinstance(cfg.upsample, list):
         raise InputError(f"upsample: expected a list of strategy names, got {cfg.upsample!r}")
     for i, name in enumerate(cfg.upsample):

@@ -32,7 +32,7 @@ def test_jsonl_subset_is_the_original_lines_and_the_manifest_says_why(small):
     assert result.subset.read_bytes() == b"".join(lines[i] for i in m["rows"])
     assert len(m["rows"]) == 5 and m["rows"] == sorted(m["rows"])  # the data's order
     assert m["kind"] == "premem-curate" and m["premem_version"] and m["seed"] == 0 and m["tau"] == -2.3
-    assert m["strategy"]["name"] == "premem_low" and m["strategy"]["params"] == {"threshold": 0.75, "mode": "select"}
+    assert m["strategy"]["name"] == "premem_low" and m["strategy"]["params"] == {"threshold": 0.75, "mode": "select", "factor": None}
     assert m["budget"] == {"requested": 5, "n": 5, "candidates": 20, "data_examples": 20, "rows_written": 5}
     assert m["runs"] == ["run1", "run2"]
     assert set(m["data"]["sha256"]) == {"train.jsonl"} and len(m["data"]["sha256"]["train.jsonl"]) == 64

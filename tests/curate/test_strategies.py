@@ -66,6 +66,25 @@ def test_premem_low_uses_pre_memorization_not_final_accuracy():
     assert sel.scores.set_index("example_id").loc[0, "train_acc"] == 1.0
 
 
+def test_premem_low_with_the_relative_detector_reads_each_examples_own_start():
+    # example 0 starts at ppl 1.3 and stays there: a short, easy trace, below a global tau of -1 (ppl 1.44) from
+    # the start, so tau -1 calls it memorized at once: PreMem 0 though it was right.
+    # Relative to its own start it never falls: not memorized, PreMem = its accuracy 0.75.
+    # example 1 starts at ppl 9 and collapses to 1.2 at step 2 (below 0.15 * log 9): memorized there; PreMem is
+    # its accuracy before the collapse, 0.25, though it is right at step 2.
+    rows = [("a", 1, 0, 4, 3, 1.3), ("a", 2, 0, 4, 3, 1.3),
+            ("a", 1, 1, 4, 1, 9.0), ("a", 2, 1, 4, 4, 1.2)]
+    by_tau = get_strategy("premem_low").select(curation_input(rows, tau=-1.0), 1, seed=0)
+    assert chosen(by_tau) == [0]  # the global threshold takes the easy, short trace for memorized
+    rel = get_strategy("premem_low", {"factor": 0.15}).select(curation_input(rows, tau=-1.0), 1, seed=0)
+    assert chosen(rel) == [1]
+    scores = rel.scores.set_index("example_id")["score"]
+    assert scores[0] == 0.75 and scores[1] == 0.25
+    assert "relative detector, factor 0.15" in rel.score
+    with pytest.raises(InputError, match=r"strategy premem_low factor: expected a number in \(0, 1\), got 1.5"):
+        get_strategy("premem_low", {"factor": 1.5})
+
+
 def test_loss_takes_the_highest_final_perplexity_mean_over_runs():
     rows = [("a", s, i, 4, 2, ppl) for s, ppls in [(1, [9, 9, 9]), (2, [1.5, 3.0, 2.0])] for i, ppl in enumerate(ppls)]
     rows += [("b", 5, i, 4, 2, ppl) for i, ppl in enumerate([1.5, 1.1, 2.0])]
