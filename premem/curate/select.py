@@ -9,6 +9,7 @@ accuracy), so it already summarizes the whole run.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from premem.metrics.premem import TrainingCurves
@@ -33,5 +34,7 @@ def relative_per_example(curves: TrainingCurves, factor: float) -> pd.DataFrame:
 
     f = curves.frame
     weight = DETECTORS["relative"].weight(f, (factor,))
+    if curves.min_tau is not None:  # a pair premem score skipped (memorized at its sample_tau) stays memorized
+        weight = np.where(f["loglog"].to_numpy() < curves.min_tau, 0.0, weight)
     return f[["run", "step", "example_id", "acc"]].assign(
         memorized=weight == 0, premem=weighted_premem(f["acc"].to_numpy(), weight, curves.group))

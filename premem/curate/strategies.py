@@ -88,7 +88,7 @@ class Selection:
 
 class Strategy(Protocol):
     name: ClassVar[str]
-    uses_tau: ClassVar[bool]
+    uses_tau: bool  # whether tau decides memorization (premem_low: unless its factor does)
 
     def select(self, inp: CurationInput, budget: int, seed: int) -> Selection: ...
 
@@ -189,7 +189,6 @@ class PremLow:
     like the examples with low pre-memorization accuracy."""
 
     name: ClassVar[str] = "premem_low"
-    uses_tau: ClassVar[bool] = True
     threshold: float = 0.75
     """Pre-memorization accuracy below which an example is in the low region."""
     mode: str = "select"
@@ -197,6 +196,11 @@ class PremLow:
     factor: float | None = None
     """None: memorized when log(log(ppl)) < tau. A number: memorized once an example's log(ppl) falls below factor
     times its own log(ppl) at its run's first checkpoint (the relative detector, premem predict --detector)."""
+
+    @property
+    def uses_tau(self) -> bool:
+        """tau decides memorization unless the relative detector does (factor)."""
+        return self.factor is None
 
     def __post_init__(self):
         _one_of(self.mode, ("select", "upsample"), "strategy premem_low mode")

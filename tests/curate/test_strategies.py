@@ -81,6 +81,7 @@ def test_premem_low_with_the_relative_detector_reads_each_examples_own_start():
     scores = rel.scores.set_index("example_id")["score"]
     assert scores[0] == 0.75 and scores[1] == 0.25
     assert "relative detector, factor 0.15" in rel.score
+    assert get_strategy("premem_low").uses_tau and not get_strategy("premem_low", {"factor": 0.15}).uses_tau
     with pytest.raises(InputError, match=r"strategy premem_low factor: expected a number in \(0, 1\), got 1.5"):
         get_strategy("premem_low", {"factor": 1.5})
 
