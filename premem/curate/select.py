@@ -9,7 +9,6 @@ accuracy), so it already summarizes the whole run.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from premem.metrics.premem import TrainingCurves
@@ -20,21 +19,15 @@ def example_scores(curves: TrainingCurves, tau: float, factor: float | None = No
 
     factor: memorized by the relative detector (premem.metrics.detectors: once log(ppl) falls below factor times
     the example's own log(ppl) at its run's first checkpoint) instead of at one global tau."""
-    ex = curves.per_example(tau) if factor is None else relative_per_example(curves, factor)
+    if factor is None:
+        ex = curves.per_example(tau)
+    else:
+        from premem.metrics.detectors import relative_per_example  # sklearn and scipy: only when asked for
+
+        ex = relative_per_example(curves, factor)
     last = ex[ex["step"] == ex.groupby("run")["step"].transform("max")]
     out = last.groupby("example_id", as_index=False).agg(
         premem=("premem", "mean"), train_acc=("acc", "mean"), memorized=("memorized", "mean"), n_runs=("run", "size")
     )
     return out.sort_values(["premem", "example_id"], kind="stable", ignore_index=True)
 
-
-def relative_per_example(curves: TrainingCurves, factor: float) -> pd.DataFrame:
-    """per_example's columns (run, step, example_id, acc, memorized, premem) under the relative detector."""
-    from premem.metrics.detectors import DETECTORS, weighted_premem
-
-    f = curves.frame
-    weight = DETECTORS["relative"].weight(f, (factor,))
-    if curves.min_tau is not None:  # a pair premem score skipped (memorized at its sample_tau) stays memorized
-        weight = np.where(f["loglog"].to_numpy() < curves.min_tau, 0.0, weight)
-    return f[["run", "step", "example_id", "acc"]].assign(
-        memorized=weight == 0, premem=weighted_premem(f["acc"].to_numpy(), weight, curves.group))

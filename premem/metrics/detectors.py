@@ -318,3 +318,20 @@ def summary(pred: DetectorPrediction) -> str:
     cols = ["run", "step", "premem", "train_acc", "frac_memorized", "test_acc", "predicted", "predicted_loro"]
     return "\n".join([fit_table(pred), f"\nparameters chosen for each held-out run: {per_run}", "",
                       pred.points[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")])
+
+
+def relative_per_example(curves: TrainingCurves, factor: float) -> pd.DataFrame:
+    """TrainingCurves.per_example's columns (run, step, example_id, acc, memorized, premem) with memorization
+    decided by the relative detector at `factor`; a pair the store skipped at its sample_tau stays memorized."""
+    f = curves.frame
+    weight = DETECTORS["relative"].weight(f, (factor,))
+    if curves.min_tau is not None:
+        weight = np.where(f["loglog"].to_numpy() < curves.min_tau, 0.0, weight)
+    return f[["run", "step", "example_id", "acc"]].assign(
+        memorized=weight == 0, premem=weighted_premem(f["acc"].to_numpy(), weight, curves.group))
+
+
+def chosen_factor(store) -> float:
+    """The relative detector's factor, chosen on all of the store's runs with test scores as `premem predict
+    --detector relative` chooses it (by their leave-one-run-out R²)."""
+    return float(nested_loro(Evaluator(load(store)), DETECTORS["relative"]).params[0])

@@ -53,14 +53,21 @@ def robustness(rows: pd.DataFrame) -> pd.DataFrame:
         columns={"n_samples": "n_perturbed"})[[*KEY, "robustness", "n_perturbed"]]
 
 
-def examples(store: ScoreStore, tau: float) -> pd.DataFrame:
+def examples(store: ScoreStore, tau: float, factor: float | None = None) -> pd.DataFrame:
     """Every trained example at every checkpoint with robustness scores: run, step, example_id, last (the run's
-    last such checkpoint), robustness, n_perturbed, premem, train_acc, log_ppl, memorized."""
+    last such checkpoint), robustness, n_perturbed, premem, train_acc, log_ppl, memorized. factor: memorization
+    by the relative detector (premem.metrics.detectors) instead of tau."""
     if not store.has("robustness_scores"):
         raise InputError(f"{store.path('robustness_scores')}: table missing; score the runs with perturbations "
                          "(premem score perturbations='[\" First\", \" We know that\"]')")
     curves = TrainingCurves.from_store(store)
-    ex = curves.per_example(tau).assign(log_ppl=curves.frame["log_ppl"].to_numpy()).rename(columns={"acc": "train_acc"})
+    if factor is None:
+        ex = curves.per_example(tau)
+    else:
+        from premem.metrics.detectors import relative_per_example
+
+        ex = relative_per_example(curves, factor)
+    ex = ex.assign(log_ppl=curves.frame["log_ppl"].to_numpy()).rename(columns={"acc": "train_acc"})
     return join(ex, robustness(store.read("robustness_scores")))
 
 

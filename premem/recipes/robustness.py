@@ -24,6 +24,7 @@ The probe's store resumes like any score store, so a killed experiment picks up 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,9 @@ class RobustnessConfig:
     """Texts each training prompt is followed by, the model continuing after them (the paper's two)."""
     bootstrap: int = 1000
     """Resamples of the examples behind the comparison's 95% intervals."""
+    detector: str = "tau"
+    """How pre-memorization accuracy decides memorization: tau (the quickstart's) or relative (the relative
+    detector, its factor chosen on the quickstart's store as premem predict --detector relative chooses it)."""
 
 
 @dataclass
@@ -64,6 +68,7 @@ class RobustnessResult:
     comparison: pd.DataFrame
     accuracy: pd.DataFrame  # at the last checkpoints, with no perturbation and under each (by_perturbation)
     seconds: dict[str, float]
+    factor: float | None = None  # the relative detector's factor, when it decided memorization
 
 
 def experiment(cfg: RobustnessConfig) -> RobustnessResult:
@@ -76,7 +81,12 @@ def experiment(cfg: RobustnessConfig) -> RobustnessResult:
     took["quickstart"] = time.perf_counter() - start
     store = probe(cfg, qs.runs)
     took["probe"] = time.perf_counter() - start - took["quickstart"]
-    result = analyse(cfg, out, store, qs.runs, float(qs.prediction.tau))
+    factor = None
+    if cfg.detector == "relative":
+        from premem.metrics.detectors import chosen_factor
+
+        factor = chosen_factor(Path(cfg.quickstart.out) / "store")
+    result = analyse(cfg, out, store, qs.runs, float(qs.prediction.tau), factor)
     took["analyse"] = time.perf_counter() - start - took["quickstart"] - took["probe"]
     result.seconds.update({k: round(v, 1) for k, v in took.items()})
     return result
@@ -99,6 +109,8 @@ def validate(cfg: RobustnessConfig) -> None:
     if not cfg.perturbations:
         raise InputError("perturbations: give at least one, e.g. [\" First\", \" We know that\"]")
     check_int("bootstrap", cfg.bootstrap, 1)
+    if cfg.detector not in ("tau", "relative"):
+        raise InputError(f"detector: expected tau or relative, got {cfg.detector!r}")
 
 
 def probe(cfg: RobustnessConfig, runs: list[str]) -> Path:
@@ -115,14 +127,15 @@ def probe(cfg: RobustnessConfig, runs: list[str]) -> Path:
     return store
 
 
-def analyse(cfg: RobustnessConfig, out: Path, store_dir: Path, runs: list[str], tau: float) -> RobustnessResult:
+def analyse(cfg: RobustnessConfig, out: Path, store_dir: Path, runs: list[str], tau: float,
+            factor: float | None = None) -> RobustnessResult:
     from premem.metrics.robustness import by_perturbation, compare, correlations, examples
     from premem.report.plots import save
     from premem.report.robustness import build_report, robustness_figure
     from premem.store import ScoreStore
 
     store = ScoreStore(store_dir)
-    frame = examples(store, tau)
+    frame = examples(store, tau, factor)
     corr = correlations(frame)
     accuracy = by_perturbation(store, frame)
     comparison = compare(frame, n_boot=cfg.bootstrap)
@@ -137,11 +150,13 @@ def analyse(cfg: RobustnessConfig, out: Path, store_dir: Path, runs: list[str], 
         "perturbations": ", ".join(repr(p) for p in cfg.perturbations),
         "samples": f"{cfg.quickstart.sampling.samples} per query per perturbation (temperature "
                    f"{cfg.quickstart.sampling.temperature:g}), every checkpoint",
-        "tau": f"{tau:g} (the quickstart's; memorized when log(log(ppl)) < tau)",
+        "tau": (f"{tau:g} (the quickstart's; memorized when log(log(ppl)) < tau)" if factor is None else
+                f"none: the relative detector, factor {factor:g} (chosen on the quickstart's store)"),
         "examples at the last checkpoints": f"{len(last)}; mean robustness {last['robustness'].mean():.3f}",
     }
     build_report(out / "report.html", frame, corr, comparison, accuracy, facts, fig)
-    return RobustnessResult(out, runs, tau, corr, comparison, accuracy, {})
+    return RobustnessResult(out, runs, tau if factor is None else math.nan, corr, comparison, accuracy, {},
+                            factor)
 
 
 def summary(result: RobustnessResult) -> str:
@@ -153,7 +168,9 @@ def summary(result: RobustnessResult) -> str:
     took = result.seconds
     fmt = {"float_format": lambda v: f"{v:.3f}", "formatters": {"spearman_p": "{:.1e}".format}}
     return "\n".join([
-        f"\npremem experiment robustness: {len(result.runs)} runs, tau {result.tau:g} "
+        f"\npremem experiment robustness: {len(result.runs)} runs, "
+        + (f"tau {result.tau:g} " if result.factor is None else f"relative detector, factor {result.factor:g} ")
+        + 
         f"({sum(took.values()):.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in took.items()) + ")",
         "\naccuracy of the training prompts' samples at each run's last checkpoint, as they are and perturbed\n",
         result.accuracy.to_string(index=False, **fmt),

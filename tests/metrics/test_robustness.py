@@ -72,6 +72,18 @@ def test_each_example_gets_its_robustness_and_its_predictors_at_the_same_checkpo
     assert set(frame.loc[frame["last"], "step"]) == {30} and frame["last"].sum() == 3 * 25
 
 
+def test_the_relative_detector_decides_memorization_when_given_a_factor(store):
+    from premem.metrics.detectors import relative_per_example
+
+    frame = examples(store, TAU, factor=0.3)
+    want = relative_per_example(TrainingCurves.from_store(store), 0.3).sort_values(["run", "step", "example_id"])
+    np.testing.assert_allclose(frame["premem"], want["premem"])
+    # nothing counts as memorized at a run's first checkpoint under the relative rule: PreMem is the accuracy there
+    first = frame[frame["step"] == frame["step"].min()]
+    np.testing.assert_allclose(first["premem"], first["train_acc"])
+    assert not np.allclose(frame["premem"], examples(store, TAU)["premem"])  # a rule of its own, not tau's
+
+
 def test_the_correlations_are_scipys_pooled_and_per_run(store):
     frame = examples(store, TAU)
     table = correlations(frame)

@@ -87,6 +87,7 @@ def test_the_command_reuses_everything_done(done, capsys):
     ("perturbations=[]", "perturbations: give at least one"),
     ("perturbations=[' First', ' First']", "perturbations: ' First' is listed twice"),
     ("bootstrap=0", "bootstrap: expected an integer >= 1"),
+    ("detector=gmm", "detector: expected tau or relative, got 'gmm'"),
     ("quickstart.sweep.lr=[1e-3]", "quickstart.sweep: 1 run(s) is too few"),
 ])
 def test_a_bad_setting_is_refused_before_anything_is_written(tmp_path, override, error):
