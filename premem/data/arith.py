@@ -316,7 +316,11 @@ def write_jsonl(rows: list[dict], path: str | Path, keys: tuple[str, ...] = ("qu
 
 def write_benchmark(cfg: ArithConfig, data_dir: str | Path) -> tuple[Path, Path]:
     """train.jsonl and test.jsonl in data_dir; the same seed writes the same files, so later stages can reuse work."""
-    train, test = generate(cfg)
+    return write_splits(*generate(cfg), data_dir)
+
+
+def write_splits(train: list[dict], test: list[dict], data_dir: str | Path) -> tuple[Path, Path]:
+    """Problems as data_dir/train.jsonl and data_dir/test.jsonl in GSM8K form (any tiny benchmark's)."""
     paths = Path(data_dir) / "train.jsonl", Path(data_dir) / "test.jsonl"
     for rows, path in zip((train, test), paths):
         write_jsonl(rows, path)

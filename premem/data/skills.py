@@ -32,11 +32,9 @@ The design is fixed before any curation runs on it (README, "The skills benchmar
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from premem.data.arith import ITEMS, NAMES, check_room, write_jsonl
+from premem.data.arith import ITEMS, NAMES, check_room
 from premem.errors import InputError
 from premem.execution import check_int
 
@@ -255,15 +253,3 @@ def pretraining_texts(cfg: SkillsConfig, n_problems: int = 2000, fact_passes: in
         plain = [PRETRAIN_SAY[op].format(x=x, y=y, z=z) for op, x, y, z in p["chain"]]
         texts.append(p["question"] + "\nAnswer: " + " ".join(plain) + f" #### {p['final']}")
     return texts
-
-
-STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
-
-
-def write_benchmark(cfg: SkillsConfig, data_dir: str | Path) -> tuple[Path, Path]:
-    """train.jsonl and test.jsonl in data_dir (GSM8K form); the same seed writes the same files."""
-    train, test = generate(cfg)
-    paths = Path(data_dir) / "train.jsonl", Path(data_dir) / "test.jsonl"
-    for rows, path in zip((train, test), paths):
-        write_jsonl(rows, path)
-    return paths

@@ -44,8 +44,8 @@ def generate(bench: Benchmark) -> tuple[list[dict], list[dict]]:
 
 
 def write_benchmark(bench: Benchmark, data_dir: str | Path) -> tuple[Path, Path]:
-    """train.jsonl and test.jsonl in data_dir; the same settings write the same files."""
-    return _module(bench).write_benchmark(bench, data_dir)
+    """train.jsonl and test.jsonl in data_dir (GSM8K form); the same settings write the same files."""
+    return arith.write_splits(*generate(bench), data_dir)
 
 
 def pretraining_texts(bench: Benchmark, n_problems: int, fact_passes: int) -> list[str]:

@@ -173,16 +173,11 @@ class Evaluator:
         self.scored = self.base["test_acc"].notna().to_numpy()
         self.y = self.base["test_acc"].to_numpy(dtype=float)[self.scored]
         self.runs = self.base["run"].to_numpy()[self.scored]
-        self.floor = f["loglog"].to_numpy() < curves.min_tau if curves.min_tau is not None else None
+        self.floor = skipped(curves)
         self._cache: dict[tuple, np.ndarray] = {}
 
-    def weight(self, detector: Detector, params: Params) -> np.ndarray:
-        w = np.clip(detector.weight(self.curves.frame, params), 0.0, 1.0)
-        return w if self.floor is None else np.where(self.floor, 0.0, w)  # skipped pairs: memorized for all
-
     def per_row(self, detector: Detector, params: Params) -> tuple[np.ndarray, np.ndarray]:
-        w = self.weight(detector, params)
-        return w, weighted_premem(self.curves.frame["acc"].to_numpy(), w, self.curves.group)
+        return detector_rows(self.curves, detector, params, self.floor)
 
     def feature(self, detector: Detector, params: Params) -> np.ndarray:
         """Mean PreMem per (run, step) over the pairs where it is defined, at the scored points."""
@@ -320,15 +315,25 @@ def summary(pred: DetectorPrediction) -> str:
                       pred.points[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")])
 
 
+def skipped(curves: TrainingCurves) -> np.ndarray | None:
+    """Per row of curves.frame: below the store's sample_tau, where premem score may have skipped the pair (None
+    when nothing was skipped). Every detector counts those pairs memorized, so a skip never hides a contribution."""
+    return curves.frame["loglog"].to_numpy() < curves.min_tau if curves.min_tau is not None else None
+
+
+def detector_rows(curves: TrainingCurves, detector: Detector, params: Params,
+                  floor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(not-memorized weight, PreMem) per row of curves.frame under the detector; floor: skipped(curves)."""
+    w = np.clip(detector.weight(curves.frame, params), 0.0, 1.0)
+    w = w if floor is None else np.where(floor, 0.0, w)
+    return w, weighted_premem(curves.frame["acc"].to_numpy(), w, curves.group)
+
+
 def relative_per_example(curves: TrainingCurves, factor: float) -> pd.DataFrame:
     """TrainingCurves.per_example's columns (run, step, example_id, acc, memorized, premem) with memorization
     decided by the relative detector at `factor`; a pair the store skipped at its sample_tau stays memorized."""
-    f = curves.frame
-    weight = DETECTORS["relative"].weight(f, (factor,))
-    if curves.min_tau is not None:
-        weight = np.where(f["loglog"].to_numpy() < curves.min_tau, 0.0, weight)
-    return f[["run", "step", "example_id", "acc"]].assign(
-        memorized=weight == 0, premem=weighted_premem(f["acc"].to_numpy(), weight, curves.group))
+    weight, premem = detector_rows(curves, DETECTORS["relative"], (factor,), skipped(curves))
+    return curves.frame[["run", "step", "example_id", "acc"]].assign(memorized=weight == 0, premem=premem)
 
 
 def chosen_factor(store) -> float:

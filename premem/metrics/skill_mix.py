@@ -14,27 +14,22 @@ test accuracy of those skills rises more than i.i.d. data raises it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
+from premem.data.io import read_rows
 from premem.metrics.curves import IID_LOOP, read_records
 from premem.store import ScoreStore
 
 SkillOf = Callable[[str, str], str]  # (question, answer) -> skill
 
 
-def _rows(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def skill_tables(out_dir: str | Path, skill_of: SkillOf) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(mix, accuracy) for every loop under out_dir; test problems are out_dir/data/test.jsonl."""
     out_dir = Path(out_dir)
-    test = _rows(out_dir / "data" / "test.jsonl")
+    test = read_rows(out_dir / "data" / "test.jsonl")
     test_skill = pd.Series([skill_of(r["question"], r["answer"]) for r in test], name="skill")
     records = read_records(out_dir)
     records = records[(records["loop"] != IID_LOOP) | (records["round"] > 0)]
@@ -44,7 +39,7 @@ def skill_tables(out_dir: str | Path, skill_of: SkillOf) -> tuple[pd.DataFrame, 
         key = {"seed": r.seed, "strategy": "random" if iid_only else r.loop, "round": -1 if iid_only else r.round,
                "examples": r.examples}
         if r.round > 0:  # the examples this round added: the last `added` rows of its data
-            rows = _rows(Path(r.store_dir).parent / "data.jsonl")[r.examples - r.added: r.examples]
+            rows = read_rows(Path(r.store_dir).parent / "data.jsonl")[r.examples - r.added: r.examples]
             shares = pd.Series([skill_of(x["question"], x["answer"]) for x in rows]).value_counts(normalize=True)
             mix += [{**key, "skill": s, "share": float(v)} for s, v in shares.items()]
         scores = ScoreStore(r.store_dir).read("test_scores")

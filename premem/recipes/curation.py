@@ -38,11 +38,12 @@ from premem.curate.loop import LoopConfig, loop
 from premem.data import DataConfig
 from premem.data.arith import ArithConfig, write_jsonl
 from premem.data.skills import SkillsConfig
-from premem.data.tasks import Benchmark, benchmark_of, fresh_problems, generate, key_of, write_benchmark
+from premem.data.tasks import Benchmark, benchmark_of, fresh_problems, generate, key_of, skill_of, write_benchmark
 from premem.errors import InputError
 from premem.execution import BackendOptions, ExecConfig, check_int, check_number
 from premem.metrics.curves import (IID_LOOP, IID_STRATEGY, comparisons, curves, efficiency, read_rounds,
                                    strategy_order)
+from premem.metrics.skill_mix import skill_tables
 from premem.report import plots
 from premem.report.curation import build_curation_report
 from premem.sampling.backend import SamplingParams
@@ -184,9 +185,6 @@ def write_results(out: Path, bench: Benchmark | None = None) -> CurationResult:
     """Curves and ratios from every loop's record under out (other strategies and seeds run there before
     included), written as curves.csv, efficiency.csv, comparisons.csv, curves.png and report.html; given the
     task's settings, also what each strategy collected and taught per skill (skill_mix.csv, skill_acc.csv)."""
-    from premem.data.tasks import skill_of
-    from premem.metrics.skill_mix import skill_tables
-
     rounds = read_rounds(out)
     skills = None
     if bench is not None:
